@@ -1,0 +1,54 @@
+"""The blob store contract: audio uploads and transcripts, by key."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+__all__ = ["BlobStore"]
+
+
+class BlobStore(ABC):
+    """Objects by key. Every method may raise `BackendUnavailable`; reads of a missing key
+    raise `BlobNotFound`. Files move through local paths so nothing is held in memory whole."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect and create the bucket/directory; idempotent."""
+
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
+        """Store the file at `path` under `key`, streaming. `move`: the caller no longer needs
+        the file, so a local store may rename it instead of copying."""
+
+    @abstractmethod
+    async def put_bytes(self, key: str, data: bytes, *, content_type: str = "") -> None: ...
+
+    @abstractmethod
+    async def get_file(self, key: str, path: Path) -> None:
+        """Write the object to `path`, streaming."""
+
+    @abstractmethod
+    async def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing key is not an error."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    async def presigned_url(self, key: str) -> str | None:
+        """A URL a client can fetch the object from directly, or None if the store has no such
+        thing (the API then serves it itself)."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise `BackendUnavailable` unless the store answers."""

@@ -1,0 +1,145 @@
+"""Every option of smap-stt, read from the environment or `.env`.
+
+Names follow the original system where it had them. Which backend is used follows from what is
+configured: `MONGODB_URL` set → MongoDB, else SQLite; `MINIO_ENDPOINT` set → S3, else a local
+directory; the `api` and `worker` commands use RabbitMQ, `serve` the in-process queue.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_concurrency() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # HTTP API
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, description="Port the API listens on.")
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes of `smap-stt api`.")
+    public_base_url: str = Field(
+        "",
+        description="Base URL clients reach the API at, used in download_url for local storage "
+        "(empty: the request's own base URL).",
+    )
+
+    # RabbitMQ
+    rabbitmq_url: str = Field("", description="Full AMQP URL; overrides the RABBITMQ_* parts.")
+    rabbitmq_host: str = Field("127.0.0.1", description="RabbitMQ host.")
+    rabbitmq_port: int = Field(5672, description="RabbitMQ port.")
+    rabbitmq_user: str = Field("guest", description="RabbitMQ user.")
+    rabbitmq_password: str = Field("guest", description="RabbitMQ password.")
+    rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host.")
+    rabbitmq_exchange_name: str = Field("stt_exchange", description="Durable direct exchange.")
+    rabbitmq_routing_key: str = Field("stt.job", description="Routing key of job messages.")
+    rabbitmq_queue_name: str = Field("stt_jobs_queue", description="Durable priority work queue.")
+
+    # Job store
+    mongodb_url: str = Field("", description="MongoDB URL; set → MongoDB job store, else SQLite.")
+    mongodb_database: str = Field("smap_stt", description="MongoDB database name.")
+    sqlite_path: Path = Field(Path("data/jobs.sqlite3"), description="SQLite job store file.")
+
+    # Blob store
+    minio_endpoint: str = Field(
+        "", description="S3 endpoint host:port (or URL); set → S3 blob store, else local files."
+    )
+    minio_access_key: str = Field("", description="S3 access key.")
+    minio_secret_key: str = Field("", description="S3 secret key.")
+    minio_bucket: str = Field("smap-stt", description="S3 bucket (created if missing).")
+    minio_secure: bool = Field(False, description="Use https for the S3 endpoint.")
+    minio_region: str = Field("us-east-1", description="S3 region.")
+    presigned_url_expiry_seconds: int = Field(
+        3600, ge=1, description="Lifetime of presigned download URLs."
+    )
+    blob_dir: Path = Field(Path("data/blobs"), description="Local blob store directory.")
+
+    # Jobs and uploads
+    max_concurrent_jobs: int = Field(
+        default_factory=_default_concurrency,
+        ge=1,
+        description="Jobs one worker process runs at once (and its RabbitMQ prefetch). "
+        "Default: the number of cores.",
+    )
+    job_timeout: int = Field(3600, ge=1, description="Seconds a job may run before it FAILS.")
+    max_upload_size_mb: int = Field(500, ge=1, description="Largest accepted upload, in MB.")
+    temp_dir: Path = Field(Path("data/tmp"), description="Spool directory for uploads/audio.")
+    default_language: str = Field("vi", description="Language when the upload names none.")
+    min_audio_seconds: float = Field(
+        0.1, ge=0, description="Uploads that decode to less audio than this are refused (422)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts before a job FAILS for good.")
+    retry_delays: list[int] = Field(
+        default_factory=lambda: [5, 30, 120],
+        description="Seconds to wait before attempt 2, 3, ... (comma separated).",
+    )
+    shutdown_grace_seconds: float = Field(
+        60, ge=0, description="On SIGTERM, how long running jobs may take before being handed back."
+    )
+
+    # Whisper
+    whisper_model: str = Field("base", description="Default model name.")
+    whisper_models_dir: Path = Field(Path("models"), description="Installed model directories.")
+    whisper_beam_size: int = Field(5, ge=1, description="Beam size.")
+    whisper_compute_type: str = Field("int8", description="CTranslate2 compute type.")
+    whisper_cpu_threads: int = Field(
+        0, ge=0, description="Threads per transcription call (0: cores / MAX_CONCURRENT_JOBS)."
+    )
+    whisper_chunk_seconds: float = Field(
+        120, ge=10, description="Audio per checkpointed chunk of a long file."
+    )
+    whisper_allow_download: bool = Field(
+        False, description="Let faster-whisper fetch unknown model names from the hub."
+    )
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_file: str = Field("", description="Also log to this file (empty: stdout only).")
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(part) for part in value.replace(" ", "").split(",") if part]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @cached_property
+    def amqp_url(self) -> str:
+        if self.rabbitmq_url:
+            return self.rabbitmq_url
+        vhost = quote(self.rabbitmq_vhost, safe="")
+        user, password = quote(self.rabbitmq_user), quote(self.rabbitmq_password)
+        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_size_mb * 1024 * 1024
+
+    @property
+    def threads_per_call(self) -> int:
+        if self.whisper_cpu_threads:
+            return self.whisper_cpu_threads
+        return max(1, (os.cpu_count() or 1) // self.max_concurrent_jobs)
+
+    def retry_delay(self, attempt: int) -> int:
+        """Delay before retrying after failed attempt number `attempt` (1-based)."""
+        if not self.retry_delays:
+            return 0
+        return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]

@@ -1,0 +1,54 @@
+"""The shallow tree of errors smap-stt raises; drivers' own errors never leak past a backend."""
+
+from __future__ import annotations
+
+
+class SttError(Exception):
+    """Base of every error smap-stt raises on purpose."""
+
+
+class BackendUnavailable(SttError):
+    """A backend (database, storage, broker) did not answer; worth retrying later."""
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"{backend} is unavailable: {detail}")
+        self.backend = backend
+
+
+class QueueUnavailable(BackendUnavailable):
+    """The message broker did not accept a message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("rabbitmq", detail)
+
+
+class JobNotFound(SttError):
+    """No job has that id."""
+
+
+class BlobNotFound(SttError):
+    """No stored object has that key."""
+
+
+class InvalidRequest(SttError):
+    """The client asked for something invalid; `status_code` says how (413, 415, 422, 409...)."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class AudioError(SttError):
+    """The file is not audio that can be decoded, or holds (almost) no sound."""
+
+
+class ModelNotFound(SttError):
+    """The requested Whisper model is not installed and cannot be fetched."""
+
+
+class ModelCorrupt(SttError):
+    """A model's files failed verification."""
+
+
+class JobCancelled(SttError):
+    """The job was cancelled, timed out or taken over while it ran; stop working on it."""

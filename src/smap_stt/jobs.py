@@ -1,0 +1,98 @@
+"""What a job is and how its state may change. Pure data, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATES = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Job:
+    """One transcription request and everything known about it.
+
+    `attempts` counts claims by workers: every state change a worker makes is guarded on the
+    attempt it holds, so a worker whose job was taken over, cancelled or timed out can never
+    overwrite the newer state.
+    """
+
+    id: str
+    filename: str
+    language: str
+    model: str
+    audio_key: str
+    priority: int = 5
+    status: JobStatus = JobStatus.PENDING
+    progress: float = 0.0
+    error_message: str | None = None
+    size_bytes: int = 0
+    duration_seconds: float | None = None
+    processing_time_seconds: float | None = None
+    transcription: str | None = None
+    detected_language: str | None = None
+    result_key: str | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    published: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {name for name in cls.__dataclass_fields__}
+        values = {key: value for key, value in data.items() if key in known}
+        values["status"] = JobStatus(values["status"])
+        for key in ("created_at", "updated_at", "started_at", "completed_at", "heartbeat_at"):
+            value = values.get(key)
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            values[key] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """The body of a queue message, as the original system sent it."""
+
+    job_id: str
+    language: str
+    model: str
+    filename: str
+
+    @classmethod
+    def for_job(cls, job: Job) -> JobMessage:
+        return cls(job_id=job.id, language=job.language, model=job.model, filename=job.filename)

@@ -1,0 +1,192 @@
+"""The job store contract. The base class owns every state change; backends only provide
+atomic primitives (`_insert`, `_get`, `_find`, `_update`, ...), so the rules of which state may
+follow which live in one place for SQLite and MongoDB alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from smap_stt.errors import InvalidRequest, JobNotFound
+from smap_stt.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobStatus, utcnow
+
+__all__ = ["JobStore"]
+
+
+class JobStore(ABC):
+    """Jobs and their chunk checkpoints.
+
+    Every method may raise `BackendUnavailable` when the database does not answer.
+    Guarded updates return False (or None) when the guard no longer holds: the job was
+    finished, cancelled or taken over by another attempt meanwhile.
+    """
+
+    name: str
+
+    # --- primitives for backends -------------------------------------------------------------
+
+    @abstractmethod
+    async def _insert(self, job: Job) -> None: ...
+
+    @abstractmethod
+    async def _get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    async def _find(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        limit: int,
+        newest_first: bool = True,
+        published: bool | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[Job]:
+        """Jobs matching every given filter, by `created_at`."""
+
+    @abstractmethod
+    async def _update(
+        self,
+        job_id: str,
+        *,
+        statuses: Collection[JobStatus],
+        attempts: int | None,
+        changes: dict[str, Any],
+    ) -> Job | None:
+        """Atomically apply `changes` if the job's status is in `statuses` (and its attempts
+        equal `attempts` when given); return the updated job, or None if the guard failed."""
+
+    @abstractmethod
+    async def _delete(self, job_id: str) -> bool: ...
+
+    @abstractmethod
+    async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
+        """Checkpoint chunk `index` of a job (overwrites a previous save of the same chunk)."""
+
+    @abstractmethod
+    async def load_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        """Checkpointed chunks of a job, in index order."""
+
+    @abstractmethod
+    async def delete_chunks(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise `BackendUnavailable` unless the database answers."""
+
+    async def open(self) -> None:
+        """Connect and create tables/indexes; idempotent."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # --- the contract ------------------------------------------------------------------------
+
+    async def create(self, job: Job) -> None:
+        await self._insert(job)
+
+    async def get(self, job_id: str) -> Job:
+        job = await self._get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 20) -> list[Job]:
+        statuses = None if status is None else [status]
+        return await self._find(statuses=statuses, limit=limit)
+
+    async def claim(self, job_id: str, worker_id: str, *, takeover: bool = False) -> Job | None:
+        """Start a new attempt: PENDING → PROCESSING (or PROCESSING → PROCESSING when
+        `takeover`, because the previous holder is known to be gone). None if not claimable."""
+        job = await self._get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        allowed = {JobStatus.PENDING, JobStatus.PROCESSING} if takeover else {JobStatus.PENDING}
+        if job.status not in allowed:
+            return None
+        now = utcnow()
+        changes: dict[str, Any] = {
+            "status": JobStatus.PROCESSING,
+            "attempts": job.attempts + 1,
+            "worker_id": worker_id,
+            "started_at": now,
+            "heartbeat_at": now,
+            "updated_at": now,
+            "published": True,
+        }
+        return await self._update(job_id, statuses=allowed, attempts=job.attempts, changes=changes)
+
+    async def heartbeat(self, job: Job, *, progress: float | None = None) -> bool:
+        """Record that the attempt is alive (and its progress). False: stop working on it."""
+        changes: dict[str, Any] = {"heartbeat_at": utcnow(), "updated_at": utcnow()}
+        if progress is not None:
+            changes["progress"] = round(min(max(progress, 0.0), 100.0), 1)
+        return await self._holding(job, changes) is not None
+
+    async def complete(self, job: Job, **fields: Any) -> bool:
+        now = utcnow()
+        changes = {"status": JobStatus.COMPLETED, "progress": 100.0, "completed_at": now,
+                   "updated_at": now, "error_message": None, **fields}
+        return await self._holding(job, changes) is not None
+
+    async def release(self, job: Job, *, error: str | None = None) -> bool:
+        """Hand an attempt back: PROCESSING → PENDING, to be retried or resumed."""
+        changes = {"status": JobStatus.PENDING, "updated_at": utcnow(), "error_message": error,
+                   "worker_id": None}
+        return await self._holding(job, changes) is not None
+
+    async def fail(self, job_id: str, reason: str, *, attempt: int | None = None) -> bool:
+        """Mark FAILED unless the job is already final (or, with `attempt`, was taken over)."""
+        now = utcnow()
+        changes = {"status": JobStatus.FAILED, "error_message": reason, "completed_at": now,
+                   "updated_at": now}
+        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=attempt,
+                                     changes=changes)
+        return updated is not None
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.status in FINAL_STATES:
+            raise InvalidRequest(f"job {job_id} is already {job.status.value}", status_code=409)
+        now = utcnow()
+        changes = {"status": JobStatus.CANCELLED, "completed_at": now, "updated_at": now,
+                   "error_message": "cancelled by request"}
+        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=None,
+                                     changes=changes)
+        if updated is None:  # it became final between the read and the update
+            return await self.cancel(job_id)
+        return updated
+
+    async def delete(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.status not in FINAL_STATES:
+            raise InvalidRequest(
+                f"job {job_id} is {job.status.value}; cancel it before deleting it",
+                status_code=409,
+            )
+        await self._delete(job_id)
+        await self.delete_chunks(job_id)
+        return job
+
+    async def mark_published(self, job_id: str) -> None:
+        await self._update(job_id, statuses=ACTIVE_STATES, attempts=None,
+                           changes={"published": True})
+
+    async def unpublished(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+        """PENDING jobs whose message may never have reached the broker (the outbox)."""
+        return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
+                                published=False, updated_before=utcnow() - older_than)
+
+    async def pending(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+        return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
+                                updated_before=utcnow() - older_than)
+
+    async def stale(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+        """PROCESSING jobs whose worker stopped sending heartbeats."""
+        return await self._find(statuses=[JobStatus.PROCESSING], limit=limit, newest_first=False,
+                                updated_before=utcnow() - older_than)
+
+    async def _holding(self, job: Job, changes: dict[str, Any]) -> Job | None:
+        return await self._update(job.id, statuses=[JobStatus.PROCESSING],
+                                  attempts=job.attempts, changes=changes)
