@@ -83,6 +83,25 @@ class Settings(BaseSettings):
         default_factory=lambda: [5, 30, 120],
         description="Seconds to wait before attempt 2, 3, ... (comma separated).",
     )
+    queue_message_ttl: int = Field(
+        0, ge=0, description="Seconds a message may wait in the queue before its job FAILS as "
+        "expired (0: 24 × JOB_TIMEOUT).",
+    )
+    stale_after: float = Field(
+        120, gt=0, description="A running job whose worker sent no heartbeat for this long is "
+        "handed to another worker.",
+    )
+    early_ack_after: float = Field(
+        600, gt=0, description="Seconds after which a running job acks its message, so "
+        "RabbitMQ's consumer timeout cannot take it away; heartbeats guard it from then on.",
+    )
+    republish_after: float = Field(
+        300, gt=0, description="A PENDING job with no message in the queue for this long is "
+        "published again.",
+    )
+    outbox_interval: float = Field(
+        5, gt=0, description="Seconds between passes of the recovery loop (outbox, stale jobs).",
+    )
     shutdown_grace_seconds: float = Field(
         60, ge=0, description="On SIGTERM, how long running jobs may take before being handed back."
     )
@@ -137,6 +156,10 @@ class Settings(BaseSettings):
         if self.whisper_cpu_threads:
             return self.whisper_cpu_threads
         return max(1, (os.cpu_count() or 1) // self.max_concurrent_jobs)
+
+    @property
+    def message_ttl_seconds(self) -> int:
+        return self.queue_message_ttl or 24 * self.job_timeout
 
     def retry_delay(self, attempt: int) -> int:
         """Delay before retrying after failed attempt number `attempt` (1-based)."""

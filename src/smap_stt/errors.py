@@ -42,6 +42,10 @@ class AudioError(SttError):
     """The file is not audio that can be decoded, or holds (almost) no sound."""
 
 
+class AudioTooShort(AudioError):
+    """The file decodes, but to (almost) no sound."""
+
+
 class ModelNotFound(SttError):
     """The requested Whisper model is not installed and cannot be fetched."""
 

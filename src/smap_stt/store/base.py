@@ -4,6 +4,7 @@ follow which live in one place for SQLite and MongoDB alike."""
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from datetime import datetime, timedelta
@@ -92,7 +93,7 @@ class JobStore(ABC):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
-    async def list(self, *, status: JobStatus | None = None, limit: int = 20) -> list[Job]:
+    async def list(self, *, status: JobStatus | None = None, limit: int = 20) -> builtins.list[Job]:
         statuses = None if status is None else [status]
         return await self._find(statuses=statuses, limit=limit)
 
@@ -173,16 +174,25 @@ class JobStore(ABC):
         await self._update(job_id, statuses=ACTIVE_STATES, attempts=None,
                            changes={"published": True})
 
-    async def unpublished(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+    async def mark_unpublished(self, job_id: str) -> None:
+        await self._update(job_id, statuses=[JobStatus.PENDING], attempts=None,
+                           changes={"published": False})
+
+    async def heartbeat_pending(self, job_id: str) -> None:
+        """Note that a PENDING job was just published again, so it is not re-sent next pass."""
+        await self._update(job_id, statuses=[JobStatus.PENDING], attempts=None,
+                           changes={"updated_at": utcnow()})
+
+    async def unpublished(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
         """PENDING jobs whose message may never have reached the broker (the outbox)."""
         return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
                                 published=False, updated_before=utcnow() - older_than)
 
-    async def pending(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+    async def pending(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
         return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
                                 updated_before=utcnow() - older_than)
 
-    async def stale(self, *, older_than: timedelta, limit: int = 100) -> list[Job]:
+    async def stale(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
         """PROCESSING jobs whose worker stopped sending heartbeats."""
         return await self._find(statuses=[JobStatus.PROCESSING], limit=limit, newest_first=False,
                                 updated_before=utcnow() - older_than)

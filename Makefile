@@ -1,0 +1,55 @@
+# smap-stt: `make run` starts the service on its embedded defaults; `make test` runs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "smap-stt needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/smap-stt models install
+
+run: models
+	$(BIN)/smap-stt serve
+
+api: models
+	$(BIN)/smap-stt api
+
+worker: models
+	$(BIN)/smap-stt worker
+
+stack: models rabbitmq
+	$(BIN)/python scripts/stack.py
+
+# espeak-ng makes the speech the tests transcribe.
+system-deps:
+	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
+
+rabbitmq:
+	@bash scripts/ensure-rabbitmq.sh
+
+lint: install
+	$(BIN)/ruff check src tests bench scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+test: models system-deps rabbitmq lint typecheck
+	$(BIN)/pytest
+
+bench: models system-deps rabbitmq
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) data .test-data .bench-data .stack

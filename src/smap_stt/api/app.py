@@ -1,0 +1,103 @@
+"""The FastAPI application: routers, the one layer that maps errors to HTTP, and the lifespan
+that opens the backends (and, for `serve`, runs the worker in the same process)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from smap_stt import __version__
+from smap_stt.api.routes import tasks
+from smap_stt.backends import Backends, make_backends
+from smap_stt.config import Settings
+from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
+from smap_stt.logs import setup_logging
+from smap_stt.worker.runner import Worker, recovery_loop, requeue_after_restart
+
+log = logging.getLogger(__name__)
+
+
+def _error(status_code: int, detail: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "detail": detail}, status_code=status_code)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InvalidRequest)
+    async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return _error(exc.status_code, str(exc))
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(BlobNotFound)
+    async def blob_missing(_: Request, exc: BlobNotFound) -> JSONResponse:
+        return _error(404, f"stored file missing: {exc}")
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        log.warning("answered 503: %s", exc)
+        return _error(503, f"{exc}; try again shortly")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors())
+        return _error(422, problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error; the server log has the details")
+
+
+def create_app(settings: Settings, backends: Backends, *, worker: Worker | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await backends.open()
+        background: asyncio.Task[None] | None = None
+        if worker is not None:
+            await requeue_after_restart(backends.store)
+            await worker.start()
+        else:
+            background = asyncio.create_task(recovery_loop(settings, backends))
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            if background is not None:
+                background.cancel()
+            await backends.close()
+
+    app = FastAPI(
+        title="smap-stt",
+        version=__version__,
+        description="Self-hosted speech-to-text jobs: upload audio, poll status, fetch the "
+        "transcript.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.backends = backends
+    _add_error_handlers(app)
+    app.include_router(tasks.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for uvicorn's worker processes (`smap-stt api` with API_WORKERS > 1)."""
+    settings = Settings()
+    setup_logging(settings)
+    return create_app(settings, make_backends(settings, embedded=False))

@@ -1,0 +1,24 @@
+"""Request dependencies as `Annotated` aliases: routes ask for what they use."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from smap_stt.backends import Backends
+from smap_stt.config import Settings
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _backends(request: Request) -> Backends:
+    backends: Backends = request.app.state.backends
+    return backends
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+BackendsDep = Annotated[Backends, Depends(_backends)]

@@ -1,0 +1,162 @@
+"""Streaming multipart parsing: the file part goes straight to a spool file on disk in bounded
+writes, and the size limit is enforced while the body arrives, never after."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from smap_stt.errors import InvalidRequest
+
+FLUSH_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 4096
+FORM_OVERHEAD = 64 * 1024  # room for boundaries and the small text fields beside the file
+
+
+@dataclass
+class Upload:
+    filename: str
+    path: Path
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        suffix = Path(self.filename).suffix.lower()
+        return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
+
+
+def clean_filename(raw: str) -> str:
+    """Keep the name a client gave, minus any path and control characters."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:255] or "upload"
+
+
+class _FormCollector:
+    def __init__(self, spool_path: Path) -> None:
+        self.spool_path = spool_path
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_size = 0
+        self.pending = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._name: str | None = None
+        self._is_file = False
+        self._value = bytearray()
+        self.saw_file = False
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._name, self._is_file = {}, None, False
+        self._value = bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field, self._header_value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._name == "file":
+            if self.saw_file:
+                raise InvalidRequest("the form has more than one 'file' field; send one file")
+            self.saw_file = True
+            self._is_file = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file:
+            self.pending.extend(data[start:end])
+            self.file_size += end - start
+        else:
+            self._value.extend(data[start:end])
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"form field {self._name!r} is too long", status_code=422)
+
+    def _part_end(self) -> None:
+        if not self._is_file and self._name:
+            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as spool:
+        spool.write(data)
+
+
+async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -> Upload:
+    """Parse a multipart upload into a spool file. Raises InvalidRequest (400/413/415/422);
+    on any error nothing is left on disk."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise InvalidRequest(
+            "send the audio as multipart/form-data with the file in a field named 'file'",
+            status_code=415)
+    limit_mb = max_bytes // (1024 * 1024)
+    too_large = InvalidRequest(
+        f"the file is larger than the limit of {limit_mb} MB (MAX_UPLOAD_SIZE_MB)", 413)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
+        raise too_large
+
+    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    spool = spool_dir / f"upload-{uuid.uuid4().hex}.part"
+    collector = _FormCollector(spool)
+    parser = MultipartParser(options[b"boundary"], collector.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        await asyncio.to_thread(spool.touch)
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + FORM_OVERHEAD:
+                raise too_large
+            parser.write(chunk)
+            if collector.file_size > max_bytes:
+                raise too_large
+            if len(collector.pending) >= FLUSH_BYTES:
+                data, collector.pending = bytes(collector.pending), bytearray()
+                await asyncio.to_thread(_append, spool, data)
+        parser.finalize()
+        if collector.pending:
+            await asyncio.to_thread(_append, spool, bytes(collector.pending))
+        if not collector.saw_file:
+            raise InvalidRequest("the form has no 'file' field: send the audio as file=@...")
+        if collector.file_size == 0:
+            raise InvalidRequest("the uploaded file is empty", status_code=422)
+        return Upload(filename=clean_filename(collector.filename or ""), path=spool,
+                      size=collector.file_size, fields=collector.fields)
+    except MultipartParseError as exc:
+        await asyncio.to_thread(_unlink, spool)
+        raise InvalidRequest(f"malformed multipart body: {exc}", status_code=400) from None
+    except ClientDisconnect:
+        await asyncio.to_thread(_unlink, spool)
+        raise InvalidRequest("the client disconnected before the upload finished", 400) from None
+    except BaseException:
+        await asyncio.to_thread(_unlink, spool)
+        raise
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

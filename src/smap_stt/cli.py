@@ -1,0 +1,134 @@
+"""The `smap-stt` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from smap_stt.config import Settings
+from smap_stt.logs import setup_logging
+
+
+def _serve(settings: Settings, _: argparse.Namespace) -> None:
+    import uvicorn
+
+    from smap_stt.api.app import create_app
+    from smap_stt.backends import make_backends
+    from smap_stt.stt.engine import Engine
+    from smap_stt.worker.runner import Worker
+
+    backends = make_backends(settings, embedded=True)
+    worker = Worker(settings, backends, Engine(settings))
+    app = create_app(settings, backends, worker=worker)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
+
+
+def _api(settings: Settings, _: argparse.Namespace) -> None:
+    import uvicorn
+
+    uvicorn.run("smap_stt.api.app:create_app_from_env", factory=True, host=settings.api_host,
+                port=settings.api_port, workers=settings.api_workers, log_config=None)
+
+
+def _worker(settings: Settings, _: argparse.Namespace) -> None:
+    from smap_stt.backends import make_backends
+    from smap_stt.stt.engine import Engine
+    from smap_stt.worker.runner import run_worker
+
+    asyncio.run(run_worker(settings, make_backends(settings, embedded=False), Engine(settings)))
+
+
+def _transcribe(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt.stt.engine import Engine
+    from smap_stt.stt.languages import normalize_language
+
+    engine = Engine(settings)
+    language = normalize_language(args.language)
+    model = args.model or settings.whisper_model
+    started = time.monotonic()
+    engine.load(model)
+    loaded = time.monotonic()
+    transcript = engine.transcribe(Path(args.file), model=model, language=language)
+    done = time.monotonic()
+    if args.json:
+        document = transcript.to_dict()
+        document["timings"] = {"load_seconds": round(loaded - started, 3),
+                               "transcribe_seconds": round(done - loaded, 3)}
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        print(transcript.text)
+
+
+def _models(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt.stt.models import BUNDLED, ensure_bundled_model, installed_models
+
+    if args.action == "push":
+        asyncio.run(_push(settings, args.name or settings.whisper_model))
+        return
+    if args.action == "install":
+        path = ensure_bundled_model(settings.whisper_models_dir)
+        print(f"installed {BUNDLED} at {path}")
+        return
+    installed = installed_models(settings.whisper_models_dir)
+    print(f"models in {settings.whisper_models_dir}:")
+    for name in installed:
+        print(f"  {name}{' (default)' if name == settings.whisper_model else ''}")
+    if BUNDLED not in installed:
+        print(f"  {BUNDLED} (bundled; assembled on first use or by `smap-stt models install`)")
+
+
+async def _push(settings: Settings, name: str) -> None:
+    from smap_stt.backends import make_blobs
+    from smap_stt.stt import registry
+
+    blobs = make_blobs(settings)
+    await blobs.open()
+    try:
+        size = await registry.push(blobs, settings.whisper_models_dir, name)
+    finally:
+        await blobs.close()
+    print(f"pushed {name} ({size / 1e6:.1f} MB) to the {blobs.name} blob store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smap-stt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="API + worker in one process on the embedded backends"
+                        ).set_defaults(run=_serve)
+    commands.add_parser("api", help="the HTTP API alone (queue: RabbitMQ)").set_defaults(run=_api)
+    commands.add_parser("worker", help="a transcription worker consuming from RabbitMQ"
+                        ).set_defaults(run=_worker)
+    transcribe = commands.add_parser("transcribe", help="transcribe one file and print the text")
+    transcribe.add_argument("file")
+    transcribe.add_argument("--language", default="auto", help="code, name or 'auto' (default)")
+    transcribe.add_argument("--model", default="", help="model name (default: WHISPER_MODEL)")
+    transcribe.add_argument("--json", action="store_true", help="segments and timings as JSON")
+    transcribe.set_defaults(run=_transcribe)
+    models = commands.add_parser(
+        "models", help="list models, install the bundled one, or push one to the blob store")
+    models.add_argument("action", nargs="?", choices=["list", "install", "push"], default="list")
+    models.add_argument("name", nargs="?", default="", help="model to push (default: "
+                        "WHISPER_MODEL)")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from smap_stt.errors import SttError
+
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    setup_logging(settings)
+    try:
+        args.run(settings, args)
+    except SttError as exc:
+        sys.exit(f"smap-stt: {exc}")
+
+
+if __name__ == "__main__":
+    main()

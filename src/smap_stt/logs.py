@@ -1,0 +1,35 @@
+"""Logging: plain lines to stdout (and LOG_FILE), each carrying the job id it concerns."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+
+from smap_stt.config import Settings
+
+current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="")
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s%(job)s %(message)s"
+
+
+class _JobFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = current_job.get()
+        record.job = f" [job {job}]" if job else ""
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if settings.log_file:
+        handlers.append(logging.FileHandler(settings.log_file))
+    for handler in handlers:
+        handler.addFilter(_JobFilter())
+        handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers = handlers
+    root.setLevel(settings.log_level)
+    for noisy in ("aiormq", "aio_pika", "pymongo", "botocore", "boto3", "s3transfer",
+                  "faster_whisper", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

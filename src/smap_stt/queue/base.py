@@ -1,0 +1,90 @@
+"""The job queue contract: publish job messages, deliver them to a handler that settles each
+delivery exactly once (ack, retry later, dead-letter or hand back)."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
+from typing import Any
+
+from smap_stt.jobs import JobMessage
+
+__all__ = ["Delivery", "Handler", "JobQueue", "decode_message", "encode_message"]
+
+
+def encode_message(message: JobMessage) -> bytes:
+    return json.dumps(asdict(message)).encode()
+
+
+def decode_message(body: bytes) -> JobMessage:
+    """Raise ValueError for anything that is not a well-formed job message."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"message body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("message body is not a JSON object")
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 100:
+        raise ValueError("message has no valid job_id")
+    fields = {name: str(data.get(name) or "") for name in ("language", "model", "filename")}
+    return JobMessage(job_id=job_id, **fields)
+
+
+class Delivery(ABC):
+    """One delivered message. Exactly one of the settling methods is called per delivery."""
+
+    body: bytes
+    redelivered: bool
+    """The broker delivered it before to a consumer that is gone without settling it."""
+    retry_of: int | None
+    """The job attempt this message retries, when it was sent back by `retry_later`."""
+
+    @abstractmethod
+    async def ack(self) -> None: ...
+
+    @abstractmethod
+    async def retry_later(self, delay: float, *, attempt: int) -> None:
+        """Deliver this message again after `delay` seconds, marked as a retry of `attempt`."""
+
+    @abstractmethod
+    async def dead_letter(self, reason: str) -> None:
+        """Give the message up for good (to the dead-letter queue where there is one)."""
+
+    @abstractmethod
+    async def hand_back(self) -> None:
+        """Return the message to the queue now, for another consumer (shutdown)."""
+
+
+Handler = Callable[[Delivery], Coroutine[Any, Any, None]]
+
+
+class JobQueue(ABC):
+    """Every method may raise `QueueUnavailable` when the broker does not answer."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def publish(self, message: JobMessage, *, priority: int) -> None:
+        """Return only once the broker has taken responsibility for the message."""
+
+    @abstractmethod
+    async def consume(self, handler: Handler, *, prefetch: int) -> None:
+        """Start delivering messages to `handler`, at most `prefetch` unsettled at once."""
+
+    @abstractmethod
+    async def stop_consuming(self) -> None:
+        """Stop taking new messages; deliveries in flight may still be settled."""
+
+    @abstractmethod
+    async def ping(self) -> None: ...
+
+    async def waiting(self) -> int | None:
+        """Messages waiting to be delivered (including delayed retries), if known."""
+        return None

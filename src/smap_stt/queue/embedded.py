@@ -1,0 +1,94 @@
+"""The in-process queue of `smap-stt serve`: a priority queue fed by the API in the same process.
+
+It holds nothing durable: the job store is the record. On start the worker's recovery pass
+publishes every PENDING job again, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from smap_stt.jobs import JobMessage
+from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedDelivery(Delivery):
+    def __init__(self, queue: EmbeddedQueue, item: tuple[int, int, bytes, int | None]) -> None:
+        self._queue = queue
+        self._item = item
+        self.body = item[2]
+        self.redelivered = False
+        self.retry_of = item[3]
+
+    async def ack(self) -> None:
+        self._queue._settled()
+
+    async def retry_later(self, delay: float, *, attempt: int) -> None:
+        self._queue._settled()
+        priority, _, body, _ = self._item
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._queue._put, priority, body, attempt)
+
+    async def dead_letter(self, reason: str) -> None:
+        self._queue._settled()
+        log.warning("dropped message %r: %s", self.body[:200], reason)
+
+    async def hand_back(self) -> None:
+        self._queue._settled()
+        priority, _, body, retry_of = self._item
+        self._queue._put(priority, body, retry_of)
+
+
+class EmbeddedQueue(JobQueue):
+    name = "embedded"
+
+    def __init__(self) -> None:
+        self._items: asyncio.PriorityQueue[tuple[int, int, bytes, int | None]] = (
+            asyncio.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._slots: asyncio.Semaphore | None = None
+
+    async def publish(self, message: JobMessage, *, priority: int) -> None:
+        self._put(priority, encode_message(message), None)
+
+    def _put(self, priority: int, body: bytes, retry_of: int | None) -> None:
+        # Highest priority first, then first in first out.
+        self._items.put_nowait((-priority, next(self._order), body, retry_of))
+
+    def _settled(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    async def consume(self, handler: Handler, *, prefetch: int) -> None:
+        self._slots = asyncio.Semaphore(prefetch)
+        self._consumers.append(asyncio.create_task(self._deliver(handler)))
+
+    async def _deliver(self, handler: Handler) -> None:
+        assert self._slots is not None
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            await self._slots.acquire()
+            item = await self._items.get()
+            task = asyncio.create_task(handler(_EmbeddedDelivery(self, item)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def stop_consuming(self) -> None:
+        for task in self._consumers:
+            task.cancel()
+        self._consumers.clear()
+
+    async def close(self) -> None:
+        await self.stop_consuming()
+
+    async def ping(self) -> None:
+        return None
+
+    async def waiting(self) -> int:
+        return self._items.qsize()

@@ -1,0 +1,315 @@
+"""The RabbitMQ job queue (aio-pika).
+
+Topology, all durable:
+- `stt_exchange` (direct) → `stt_jobs_queue` (classic, x-max-priority 10, message TTL, dead
+  letters to `stt_exchange.dlx`);
+- `stt_exchange.dlx` (fanout) → `stt_jobs_queue.dead` (kept for operators) and
+  `stt_jobs_queue.dead-events` (read by workers to mark the jobs of dead messages FAILED);
+- `stt_jobs_queue.retry.<N>s`: wait queues whose messages expire after N seconds and dead-letter
+  back to the work exchange, which is how a retry is delayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from smap_stt.config import Settings
+from smap_stt.errors import QueueUnavailable
+from smap_stt.jobs import JobMessage
+from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
+
+log = logging.getLogger(__name__)
+
+RETRY_HEADER = "x-smap-retry-of"
+DEAD_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
+_TIMEOUT = 10.0
+
+
+class RabbitDelivery(Delivery):
+    def __init__(self, queue: RabbitQueue, message: AbstractIncomingMessage) -> None:
+        self._queue = queue
+        self._message = message
+        self._acked = False
+        self.body = message.body
+        self.redelivered = bool(message.redelivered)
+        retry_of = (message.headers or {}).get(RETRY_HEADER)
+        self.retry_of = retry_of if isinstance(retry_of, int) else None
+
+    @property
+    def death_reason(self) -> str:
+        """Why the broker dead-lettered this message: rejected, expired, maxlen, ..."""
+        deaths = (self._message.headers or {}).get("x-death")
+        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+            reason = deaths[0].get("reason")
+            if isinstance(reason, bytes):
+                return reason.decode()
+            if isinstance(reason, str):
+                return reason
+        return "unknown"
+
+    async def _settle(self, action: str, **kwargs: Any) -> None:
+        if self._acked:
+            return
+        self._acked = True
+        try:
+            await getattr(self._message, action)(**kwargs)
+        except Exception as exc:  # the channel is gone: the broker redelivers the message
+            log.warning("could not %s message %s: %s", action, self._message.message_id, exc)
+
+    async def ack(self) -> None:
+        await self._settle("ack")
+
+    async def retry_later(self, delay: float, *, attempt: int) -> None:
+        await self._queue.publish_raw(
+            self.body,
+            priority=self._message.priority or 0,
+            message_id=self._message.message_id,
+            delay=delay,
+            headers={RETRY_HEADER: attempt},
+        )
+        await self.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._settle("reject", requeue=False)
+
+    async def hand_back(self) -> None:
+        if self._acked:  # acked early (long job): the only way back is a new message
+            await self._queue.publish_raw(
+                self.body, priority=self._message.priority or 0,
+                message_id=self._message.message_id,
+            )
+            return
+        await self._settle("nack", requeue=True)
+
+
+class RabbitQueue(JobQueue):
+    name = "rabbitmq"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._url = settings.amqp_url
+        self._exchange_name = settings.rabbitmq_exchange_name
+        self._routing_key = settings.rabbitmq_routing_key
+        self._queue_name = settings.rabbitmq_queue_name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._connect_lock = asyncio.Lock()
+        self._declared = False
+
+    @property
+    def dlx_name(self) -> str:
+        return f"{self._exchange_name}.dlx"
+
+    @property
+    def dead_queue_name(self) -> str:
+        return f"{self._queue_name}.dead"
+
+    @property
+    def dead_events_queue_name(self) -> str:
+        return f"{self._queue_name}.dead-events"
+
+    def wait_queue_name(self, delay: int) -> str:
+        return f"{self._queue_name}.retry.{delay}s"
+
+    async def open(self) -> None:
+        """Connect if the broker answers; if not, publishing raises `QueueUnavailable` and the
+        next call tries again, so an API can start (and take uploads) before its broker."""
+        try:
+            await self._ensure()
+        except QueueUnavailable as exc:
+            log.warning("%s; will connect when it is back", exc)
+
+    async def _ensure(self) -> AbstractChannel:
+        if self._channel is not None and not self._channel.is_closed:
+            return self._channel
+        async with self._connect_lock:
+            if self._connection is None:
+                try:
+                    self._connection = await aio_pika.connect_robust(
+                        self._url, timeout=_TIMEOUT,
+                        client_properties={"connection_name": "smap-stt"})
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise QueueUnavailable(_describe(exc)) from exc
+            elif not self._connection.connected.is_set():
+                # Never replace a robust connection: it reconnects by itself and restores
+                # the consumers on it; a new one would leave them behind.
+                raise QueueUnavailable("connection lost; reconnecting")
+            try:
+                if not self._declared:
+                    await self._declare_topology()
+                    self._declared = True
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await self._connection.channel(publisher_confirms=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise QueueUnavailable(_describe(exc)) from exc
+            return self._channel
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._declared = False
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already broken; nothing to release
+                await connection.close()
+
+    async def _declare_topology(self) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            exchange = await channel.declare_exchange(
+                self._exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
+            dlx = await channel.declare_exchange(
+                self.dlx_name, aio_pika.ExchangeType.FANOUT, durable=True)
+            dead = await channel.declare_queue(
+                self.dead_queue_name, durable=True,
+                arguments={"x-message-ttl": DEAD_MESSAGE_TTL_MS})
+            await dead.bind(dlx)
+            events = await channel.declare_queue(self.dead_events_queue_name, durable=True)
+            await events.bind(dlx)
+            arguments = {
+                "x-max-priority": 10,
+                "x-dead-letter-exchange": self.dlx_name,
+                "x-message-ttl": self._settings.message_ttl_seconds * 1000,
+            }
+            try:
+                queue = await channel.declare_queue(
+                    self._queue_name, durable=True, arguments=arguments)
+            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+                # An existing queue (the original system's, or one declared with another TTL)
+                # cannot be redeclared; refusing would stop every worker over a setting.
+                log.warning("queue %s exists with other arguments (%s); using it as it is",
+                            self._queue_name, exc)
+                await channel.close()
+                channel = await self._connection.channel()
+                queue = await channel.declare_queue(self._queue_name, passive=True)
+            await queue.bind(exchange, self._routing_key)
+            for delay in self._delays:
+                await channel.declare_queue(self.wait_queue_name(delay), durable=True, arguments={
+                    "x-message-ttl": delay * 1000,
+                    "x-dead-letter-exchange": self._exchange_name,
+                    "x-dead-letter-routing-key": self._routing_key,
+                })
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def publish(self, message: JobMessage, *, priority: int) -> None:
+        await self.publish_raw(encode_message(message), priority=priority,
+                               message_id=message.job_id)
+
+    async def publish_raw(
+        self,
+        body: bytes,
+        *,
+        priority: int,
+        message_id: str | None,
+        delay: float = 0,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=max(0, min(10, priority)),
+            message_id=message_id,
+            headers=headers or {},
+        )
+        try:
+            channel = await self._ensure()
+            async with asyncio.timeout(_TIMEOUT):
+                if delay > 0:
+                    name = self.wait_queue_name(self._nearest_delay(delay))
+                    await channel.default_exchange.publish(message, routing_key=name)
+                else:
+                    exchange = await channel.get_exchange(self._exchange_name, ensure=False)
+                    await exchange.publish(message, routing_key=self._routing_key)
+        except QueueUnavailable:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise QueueUnavailable(_describe(exc)) from exc
+
+    @property
+    def _delays(self) -> list[int]:
+        return sorted(set(self._settings.retry_delays) or {1})
+
+    def _nearest_delay(self, delay: float) -> int:
+        """Wait queues exist for the configured delays only; use the closest one."""
+        return min(self._delays, key=lambda known: abs(known - delay))
+
+    async def consume(self, handler: Handler, *, prefetch: int) -> None:
+        await self._consume(self._queue_name, prefetch, handler)
+
+    async def consume_dead_events(self, handler: Handler) -> None:
+        await self._consume(self.dead_events_queue_name, 10, handler)
+
+    async def _consume(self, name: str, prefetch: int, handler: Handler) -> None:
+        await self._ensure()
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(name, passive=True)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            # Run each delivery as its own task so the consumer keeps reading while jobs run.
+            task = asyncio.create_task(handler(RabbitDelivery(self, message)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        tag = await queue.consume(deliver)
+        self._consumers.append((queue, tag))
+
+    async def stop_consuming(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception as exc:
+                log.warning("could not cancel consumer %s: %s", tag, exc)
+
+    async def ping(self) -> None:
+        channel = await self._ensure()
+        try:
+            async with asyncio.timeout(5):
+                await channel.declare_queue(self._queue_name, passive=True)
+        except Exception as exc:
+            raise QueueUnavailable(_describe(exc)) from exc
+
+    async def waiting(self) -> int | None:
+        try:
+            channel = await self._ensure()
+            names = [self._queue_name, *(self.wait_queue_name(d) for d in self._delays)]
+            total = 0
+            async with asyncio.timeout(5):
+                for name in names:
+                    queue = await channel.declare_queue(name, passive=True)
+                    total += queue.declaration_result.message_count or 0
+            return total
+        except Exception:
+            return None
+
+    async def close(self) -> None:
+        await self.stop_consuming()
+        await self._drop_connection()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "…"

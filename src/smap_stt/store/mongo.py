@@ -1,0 +1,196 @@
+"""The production job store: MongoDB through PyMongo's async client.
+
+Each guarded change is one `find_one_and_update` whose filter carries the guard, so the check
+and the write are a single atomic step on the server. The client reconnects by itself; a
+server that comes back is used again without restarting anything. Every driver error leaves
+this module as `BackendUnavailable("mongodb", ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import Enum
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from smap_stt.errors import BackendUnavailable, InvalidRequest
+from smap_stt.jobs import Job, JobStatus
+from smap_stt.store.base import JobStore
+
+__all__ = ["MongoJobStore"]
+
+Document = dict[str, Any]
+
+# Short enough that a down database is reported in seconds, not after PyMongo's 30 s default.
+# Options given in the URL win over these.
+_CLIENT_DEFAULTS: dict[str, int] = {
+    "serverSelectionTimeoutMS": 3000,
+    "connectTimeoutMS": 3000,
+    "socketTimeoutMS": 20000,
+}
+_FIELDS = frozenset(Job.__dataclass_fields__)
+
+
+@contextmanager
+def _unavailable_on_driver_error() -> Iterator[None]:
+    try:
+        yield
+    except PyMongoError as exc:
+        raise BackendUnavailable("mongodb", _brief(exc)) from exc
+
+
+def _brief(exc: PyMongoError) -> str:
+    """The first useful line: server selection errors append a whole topology description."""
+    text = str(exc).split(", Timeout:")[0].split(" (configured timeouts:")[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _client_options(url: str) -> dict[str, Any]:
+    given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
+    options: dict[str, Any] = {
+        key: value for key, value in _CLIENT_DEFAULTS.items() if key.lower() not in given
+    }
+    options["tz_aware"] = True
+    return options
+
+
+def _bson(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _to_document(job: Job) -> Document:
+    document = {key: _bson(value) for key, value in job.to_dict().items()}
+    document["_id"] = document.pop("id")
+    return document
+
+
+def _to_job(document: Document) -> Job:
+    document["id"] = document.pop("_id")
+    return Job.from_dict(document)
+
+
+class MongoJobStore(JobStore):
+    """Jobs in `<database>.jobs` (`_id` = job id), checkpoints in `<database>.chunks`."""
+
+    name = "mongodb"
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.database = database
+        self._client: AsyncMongoClient[Document] | None = None
+
+    @property
+    def _jobs(self) -> AsyncCollection[Document]:
+        return self._connected()[self.database]["jobs"]
+
+    @property
+    def _chunks(self) -> AsyncCollection[Document]:
+        return self._connected()[self.database]["chunks"]
+
+    def _connected(self) -> AsyncMongoClient[Document]:
+        if self._client is None:
+            raise RuntimeError("MongoJobStore is not open")
+        return self._client
+
+    async def open(self) -> None:
+        if self._client is None:
+            with _unavailable_on_driver_error():  # a malformed URL is reported here too
+                self._client = AsyncMongoClient(self.url, **_client_options(self.url))
+        with _unavailable_on_driver_error():
+            await self._jobs.create_index([("status", ASCENDING)])
+            await self._jobs.create_index([("created_at", DESCENDING)])
+            await self._jobs.create_index([("status", ASCENDING), ("created_at", DESCENDING)])
+            await self._chunks.create_index([("job_id", ASCENDING), ("idx", ASCENDING)])
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def _insert(self, job: Job) -> None:
+        with _unavailable_on_driver_error():
+            try:
+                await self._jobs.insert_one(_to_document(job))
+            except DuplicateKeyError as exc:
+                raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
+
+    async def _get(self, job_id: str) -> Job | None:
+        with _unavailable_on_driver_error():
+            document = await self._jobs.find_one({"_id": job_id})
+        return None if document is None else _to_job(document)
+
+    async def _find(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        limit: int,
+        newest_first: bool = True,
+        published: bool | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[Job]:
+        if limit <= 0:  # MongoDB reads limit 0 as "no limit"
+            return []
+        query: Document = {}
+        if statuses is not None:
+            query["status"] = {"$in": [_bson(status) for status in statuses]}
+        if published is not None:
+            query["published"] = published
+        if updated_before is not None:
+            query["updated_at"] = {"$lt": updated_before}
+        order = DESCENDING if newest_first else ASCENDING
+        cursor = self._jobs.find(query).sort([("created_at", order), ("_id", order)]).limit(limit)
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [_to_job(document) for document in documents]
+
+    async def _update(
+        self,
+        job_id: str,
+        *,
+        statuses: Collection[JobStatus],
+        attempts: int | None,
+        changes: dict[str, Any],
+    ) -> Job | None:
+        bad = (changes.keys() - _FIELDS) | ({"id"} & changes.keys())
+        if bad:
+            raise ValueError(f"cannot set job fields {sorted(bad)}")
+        guard: Document = {"_id": job_id, "status": {"$in": [_bson(s) for s in statuses]}}
+        if attempts is not None:
+            guard["attempts"] = attempts
+        update = {"$set": {key: _bson(value) for key, value in changes.items()}}
+        with _unavailable_on_driver_error():
+            document = await self._jobs.find_one_and_update(
+                guard, update, return_document=ReturnDocument.AFTER
+            )
+        return None if document is None else _to_job(document)
+
+    async def _delete(self, job_id: str) -> bool:
+        with _unavailable_on_driver_error():
+            result = await self._jobs.delete_one({"_id": job_id})
+        return result.deleted_count > 0
+
+    async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
+        # The _id names the chunk, so an upsert can never create a duplicate.
+        document = {"_id": f"{job_id}:{index}", "job_id": job_id, "idx": index, "data": data}
+        with _unavailable_on_driver_error():
+            await self._chunks.replace_one({"_id": document["_id"]}, document, upsert=True)
+
+    async def load_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        cursor = self._chunks.find({"job_id": job_id}).sort("idx", ASCENDING)
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [document["data"] for document in documents]
+
+    async def delete_chunks(self, job_id: str) -> None:
+        with _unavailable_on_driver_error():
+            await self._chunks.delete_many({"job_id": job_id})
+
+    async def ping(self) -> None:
+        with _unavailable_on_driver_error():
+            await self._connected()[self.database].command("ping")

@@ -1,0 +1,280 @@
+"""The embedded job store: one SQLite file, shared safely by every process on the machine.
+
+All sqlite3 calls run on one dedicated thread that owns the connection (as aiosqlite does), so
+the event loop never blocks and statements from concurrent coroutines are queued, never
+interleaved: each primitive is a single statement in autocommit mode, so one coroutine can
+never commit or roll back another's half-done transaction. WAL mode lets readers in other
+processes (API workers, job workers) run while one of them writes; `busy_timeout` makes a writer
+wait for another process's write instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import types
+import typing
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import MISSING, Field, fields
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from smap_stt.errors import BackendUnavailable, InvalidRequest
+from smap_stt.jobs import Job, JobStatus
+from smap_stt.store.base import JobStore
+
+__all__ = ["SqliteJobStore"]
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_SECONDS = 10.0
+_SQL_TYPES: dict[object, str] = {
+    str: "TEXT", JobStatus: "TEXT", datetime: "TEXT", int: "INTEGER", bool: "INTEGER",
+    float: "REAL",
+}
+_HINTS = {
+    name: next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if isinstance(hint, types.UnionType) else hint  # `X | None` is stored as X
+    for name, hint in typing.get_type_hints(Job).items()
+}
+_COLUMNS = frozenset(_HINTS)
+_BOOL_COLUMNS = frozenset(name for name, hint in _HINTS.items() if hint is bool)
+
+
+def _to_sql(value: object) -> object:
+    """Datetimes as fixed-width UTC ISO text, so that text order is time order."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _to_job(row: sqlite3.Row) -> Job:
+    data = dict(zip(row.keys(), row, strict=True))
+    for name in _BOOL_COLUMNS:
+        data[name] = bool(data[name])
+    return Job.from_dict(data)
+
+
+def _check_columns(names: Collection[str]) -> None:
+    """Column names are spliced into SQL, so only `Job`'s own fields (never `id`) may pass."""
+    bad = (set(names) - _COLUMNS) | ({"id"} & set(names))
+    if bad:
+        raise ValueError(f"cannot set job fields {sorted(bad)}")
+
+
+class SqliteJobStore(JobStore):
+    """Jobs in one SQLite file (created with its parent directories on `open()`)."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- the connection thread ---------------------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError("SqliteJobStore is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise RuntimeError("SqliteJobStore is closed")
+        try:
+            return work(self._conn)
+        except sqlite3.Error as exc:
+            raise BackendUnavailable("sqlite", f"{self.path}: {exc}") from exc
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailable("sqlite", f"cannot open {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        self._call(_create_schema)
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        executor.shutdown(wait=False)  # its queue is empty: the thread just exits
+        self._executor = None
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- primitives --------------------------------------------------------------------------
+
+    async def _insert(self, job: Job) -> None:
+        values = {name: _to_sql(value) for name, value in job.to_dict().items()}
+        sql = (f"INSERT INTO jobs ({', '.join(values)}) "
+               f"VALUES ({', '.join('?' * len(values))})")
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(sql, list(values.values()))
+            except sqlite3.IntegrityError as exc:
+                raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
+
+        await self._run(insert)
+
+    async def _get(self, job_id: str) -> Job | None:
+        def get(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _to_job(row)
+
+        return await self._run(get)
+
+    async def _find(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        limit: int,
+        newest_first: bool = True,
+        published: bool | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += [_to_sql(status) for status in statuses]
+        if published is not None:
+            where.append("published = ?")
+            params.append(int(published))
+        if updated_before is not None:
+            where.append("updated_at < ?")
+            params.append(_to_sql(updated_before))
+        order = "DESC" if newest_first else "ASC"
+        sql = (f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+               f"ORDER BY created_at {order}, id {order} LIMIT ?")
+        params.append(limit)
+
+        def find(conn: sqlite3.Connection) -> list[Job]:
+            return [_to_job(row) for row in conn.execute(sql, params).fetchall()]
+
+        return await self._run(find)
+
+    async def _update(
+        self,
+        job_id: str,
+        *,
+        statuses: Collection[JobStatus],
+        attempts: int | None,
+        changes: dict[str, Any],
+    ) -> Job | None:
+        _check_columns(changes)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        guard = f"id = ? AND status IN ({', '.join('?' * len(statuses))})"
+        params = [_to_sql(value) for value in changes.values()]
+        params += [job_id, *(_to_sql(status) for status in statuses)]
+        if attempts is not None:
+            guard += " AND attempts = ?"
+            params.append(attempts)
+        sql = f"UPDATE jobs SET {assignments} WHERE {guard} RETURNING *"
+
+        def update(conn: sqlite3.Connection) -> Job | None:
+            # fetchall, not fetchone: the statement (and so its autocommit) must run to the end.
+            rows = conn.execute(sql, params).fetchall()
+            return _to_job(rows[0]) if rows else None
+
+        return await self._run(update)
+
+    async def _delete(self, job_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+        return await self._run(delete)
+
+    async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
+        text = json.dumps(data)
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO chunks (job_id, idx, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, idx) DO UPDATE SET data = excluded.data",
+                (job_id, index, text),
+            )
+
+        await self._run(save)
+
+    async def load_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        def load(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT data FROM chunks WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+            return [json.loads(row["data"]) for row in rows]
+
+        return await self._run(load)
+
+    async def delete_chunks(self, job_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+
+        await self._run(delete)
+
+    async def ping(self) -> None:
+        def ping(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
+        await self._run(ping)
+
+
+def _column_sql(field: Field[Any]) -> str:
+    """`name TYPE [DEFAULT value]`: the default fills rows written before the column existed."""
+    sql = f"{field.name} {_SQL_TYPES[_HINTS[field.name]]}"
+    if field.name == "id":
+        return sql + " NOT NULL PRIMARY KEY"
+    default = None if field.default is MISSING else _to_sql(field.default)
+    if isinstance(default, str):
+        return sql + " DEFAULT '" + default.replace("'", "''") + "'"
+    if default is not None:
+        return sql + f" DEFAULT {default!r}"
+    return sql
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives a crash of the process
+    columns = [_column_sql(field) for field in fields(Job)]
+    conn.execute(f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(columns)})")
+    existing = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for field, column in zip(fields(Job), columns, strict=True):
+        if field.name not in existing:  # a field added to `Job` since the file was created
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS chunks (job_id TEXT NOT NULL, idx INTEGER NOT NULL, "
+        "data TEXT NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID"
+    )

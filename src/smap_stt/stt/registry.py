@@ -1,0 +1,89 @@
+"""Models kept in the blob store, as the original kept them in a bucket: `smap-stt models push`
+uploads a model directory; a worker asked for a model it lacks fetches, verifies and caches it.
+
+Layout: `models/<name>/<file>` for each file, then `models/<name>/manifest.json` (sizes and
+sha256 of every file) written last, so a half-pushed model is never offered."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+from smap_stt.blobs.base import BlobStore
+from smap_stt.errors import BlobNotFound, ModelCorrupt, ModelNotFound
+from smap_stt.stt.models import available_models, is_model_dir
+
+PREFIX = "models/"
+MANIFEST = "manifest.json"
+_BLOCK = 8 * 1024 * 1024
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, int | str]]:
+    return {path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+async def push(blobs: BlobStore, models_dir: Path, name: str) -> int:
+    """Upload `models_dir/name`; returns the bytes uploaded."""
+    directory = models_dir / name
+    if not is_model_dir(directory):
+        raise ModelNotFound(f"{directory} is not a complete model directory "
+                            "(model.bin, config.json, tokenizer.json)")
+    manifest = await asyncio.to_thread(_manifest, directory)
+    for filename in manifest:
+        await blobs.put_file(f"{PREFIX}{name}/{filename}", directory / filename)
+    await blobs.put_bytes(f"{PREFIX}{name}/{MANIFEST}", json.dumps(manifest).encode(),
+                          content_type="application/json")
+    return sum(int(entry["size"]) for entry in manifest.values())
+
+
+async def remote_models(blobs: BlobStore) -> list[str]:
+    keys = await blobs.list_keys(PREFIX)
+    return sorted({key[len(PREFIX):].split("/")[0] for key in keys
+                   if key.endswith(f"/{MANIFEST}")})
+
+
+async def all_models(blobs: BlobStore, models_dir: Path) -> list[str]:
+    """Every model name a job may ask for: local, bundled, or in the blob store."""
+    local = await asyncio.to_thread(available_models, models_dir)
+    return sorted({*local, *await remote_models(blobs)})
+
+
+async def ensure_local(blobs: BlobStore, models_dir: Path, name: str) -> None:
+    """Make `name` loadable from `models_dir`, fetching it from the blob store if needed."""
+    if name in await asyncio.to_thread(available_models, models_dir):
+        return
+    try:
+        manifest = json.loads(await blobs.get_bytes(f"{PREFIX}{name}/{MANIFEST}"))
+    except BlobNotFound:
+        local = ", ".join(await asyncio.to_thread(available_models, models_dir))
+        raise ModelNotFound(f"model {name!r} is neither installed (available: {local}) nor in "
+                            "the blob store (push it with `smap-stt models push NAME`)") from None
+    staging = models_dir / f".fetch-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        for filename, expected in manifest.items():
+            if "/" in filename or filename.startswith("."):
+                raise ModelCorrupt(f"model {name!r}: bad file name {filename!r} in its manifest")
+            target = staging / filename
+            await blobs.get_file(f"{PREFIX}{name}/{filename}", target)
+            actual = await asyncio.to_thread(_sha256, target)
+            if actual != expected["sha256"] or target.stat().st_size != expected["size"]:
+                raise ModelCorrupt(f"model {name!r} failed verification: {filename} does not "
+                                   "match its manifest (push it again)")
+        final = models_dir / name
+        if not final.exists():
+            staging.rename(final)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
