@@ -28,6 +28,7 @@ __all__ = [
     "FORMATS",
     "TEST_DATA",
     "cached_silence",
+    "long_speech",
     "cached_speech",
     "cached_speech_paragraphs",
     "make_speech",
@@ -99,6 +100,7 @@ def write_audio(samples: np.ndarray, rate: int, path: Path, *, fmt: str = "wav")
     try:
         with av.open(tmp_name, "w", format=container_format) as container:
             stream = container.add_stream(codec, rate=out_rate, layout="mono")
+            assert isinstance(stream, av.AudioStream)
             stream.format = sample_format
             stream.time_base = Fraction(1, out_rate)
             frame = av.AudioFrame.from_ndarray(
@@ -127,7 +129,7 @@ def write_audio(samples: np.ndarray, rate: int, path: Path, *, fmt: str = "wav")
 
 
 def cached_speech(text: str, *, voice: str = "en-us", fmt: str = "wav", speed: int = 165) -> Path:
-    """`make_speech` into `.test-data/`, reusing the file a previous run made from the same input."""
+    """`make_speech` into `.test-data/`, reusing a file made earlier from the same input."""
     return cached_speech_paragraphs([text], voice=voice, fmt=fmt, speed=speed, pause=0.0)
 
 
@@ -181,7 +183,11 @@ def _key(*parts: object) -> str:
 
 # --- word error rate -----------------------------------------------------------------------
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_ONES = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen",
+]
 _TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
@@ -192,7 +198,8 @@ def _number_words(n: int) -> str:
     if n < 100:
         tens, ones = divmod(n, 10)
         return _TENS[tens] + (f" {_ONES[ones]}" if ones else "")
-    for size, word in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
+    scales = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
+    for size, word in scales:
         if n >= size:
             high, rest = divmod(n, size)
             tail = ""
@@ -219,3 +226,11 @@ def wer(reference: str, hypothesis: str) -> float:
     if not ref:
         return 0.0 if not hyp else 1.0
     return float(jiwer.wer(ref, hyp or "<empty>"))
+
+
+def long_speech(*, fmt: str = "mp3", speed: int = 150) -> tuple[str, Path]:
+    """About ten minutes of speech: every paragraph of fixtures/long.txt, with pauses between.
+
+    Returns the text spoken and the file."""
+    texts = paragraphs("long")
+    return " ".join(texts), cached_speech_paragraphs(texts, fmt=fmt, speed=speed)

@@ -22,7 +22,9 @@ def _default_concurrency() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     # HTTP API
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
@@ -78,7 +80,10 @@ class Settings(BaseSettings):
     min_audio_seconds: float = Field(
         0.1, ge=0, description="Uploads that decode to less audio than this are refused (422)."
     )
-    max_attempts: int = Field(3, ge=1, description="Attempts before a job FAILS for good.")
+    max_attempts: int = Field(
+        4, ge=1, description="Attempts (including ones whose worker died) before a job FAILS "
+        "for good.",
+    )
     retry_delays: list[int] = Field(
         default_factory=lambda: [5, 30, 120],
         description="Seconds to wait before attempt 2, 3, ... (comma separated).",

@@ -35,9 +35,12 @@ def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
 def client(svc: Service) -> Iterator[httpx.Client]:
     with svc.client() as client:
         yield client
-    # Nothing a refused upload sent may stay behind: no spool file, no stored audio, no job.
-    leftovers = [p for p in (svc.data_dir / "tmp").rglob("*") if p.is_file()]
-    assert leftovers == []
+        # Nothing a refused upload sent may stay behind: no spool file, no stored audio.
+        leftovers = [p for p in (svc.data_dir / "tmp" / "uploads").rglob("*") if p.is_file()]
+        assert leftovers == []
+        jobs = client.get("/api/v1/tasks", params={"limit": 100}).json()["jobs"]
+        stored = list((svc.data_dir / "blobs" / "uploads").glob("*"))
+        assert len(stored) == len(jobs)
 
 
 def _post(client: httpx.Client, name: str, data: bytes, **fields: str) -> httpx.Response:

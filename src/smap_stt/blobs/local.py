@@ -39,17 +39,17 @@ def _written_atomically(target: Path) -> Iterator[Path]:
 
 @contextmanager
 def _unavailable_on_os_error(root: Path) -> Iterator[None]:
+    """A failing disk (full, read-only, gone) is the store being unavailable."""
     try:
         yield
-    except FileNotFoundError:
-        raise
     except OSError as exc:
-        raise BackendUnavailable("local storage", f"{root}: {exc}") from exc
+        raise BackendUnavailable("local", f"{root}: {exc}") from exc
 
 
 class LocalBlobStore(BlobStore):
-    """Objects as files under `root`. Keys are relative POSIX paths whose parts may not start
-    with "." (which rules out "..", absolute paths and our own temporary files)."""
+    """Objects as files under `root`. A key is a relative "/"-separated path; no part may be
+    empty or start with "." (which rules out "..", absolute paths, one file under two keys,
+    and our own temporary files)."""
 
     name = "local"
 
@@ -57,14 +57,9 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if (
-            not parts
-            or key.startswith("/")
-            or "\\" in key
-            or "\0" in key
-            or any(part.startswith(".") for part in parts)
-        ):
+        parts = key.split("/")
+        if any(not part or part.startswith(".") or "\\" in part or "\0" in part
+               for part in parts):
             raise ValueError(f"invalid blob key {key!r}")
         return self.root.joinpath(*parts)
 
@@ -79,6 +74,7 @@ class LocalBlobStore(BlobStore):
         await asyncio.to_thread(self._put_file, self._path(key), Path(path), move)
 
     def _put_file(self, target: Path, source: Path, move: bool) -> None:
+        source.stat()  # the caller's file missing is the caller's FileNotFoundError
         with _unavailable_on_os_error(self.root):
             if move:
                 try:
@@ -116,11 +112,11 @@ class LocalBlobStore(BlobStore):
         return await asyncio.to_thread(self._get_bytes, key)
 
     def _get_bytes(self, key: str) -> bytes:
-        try:
-            with _unavailable_on_os_error(self.root):
+        with _unavailable_on_os_error(self.root):
+            try:
                 return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            raise BlobNotFound(key) from exc
+            except (FileNotFoundError, IsADirectoryError) as exc:
+                raise BlobNotFound(key) from exc
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, self._path(key))
@@ -137,8 +133,8 @@ class LocalBlobStore(BlobStore):
 
     def _list_keys(self, prefix: str) -> list[str]:
         # Walk only the directory the prefix names, not the whole store.
-        directory = prefix.rpartition("/")[0]
-        top = self._path(directory) if directory else self.root
+        prefix_dir = prefix.rpartition("/")[0]
+        top = self._path(prefix_dir) if prefix_dir else self.root
         keys = []
         with _unavailable_on_os_error(self.root):
             for directory, subdirs, files in os.walk(top):
@@ -158,4 +154,4 @@ class LocalBlobStore(BlobStore):
 
     def _ping(self) -> None:
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise BackendUnavailable("local storage", f"{self.root} is not a writable directory")
+            raise BackendUnavailable("local", f"{self.root} is not a writable directory")

@@ -110,6 +110,7 @@ async def _run_attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> None
              ctx.worker_id, job.filename, job.language, job.model)
     try:
         await asyncio.wait_for(_transcribe_job(ctx, delivery, job), settings.job_timeout)
+        await delivery.ack()
     except JobCancelled as exc:
         log.info("stopped: %s", exc)
         await delivery.ack()

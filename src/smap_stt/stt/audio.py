@@ -1,0 +1,278 @@
+"""Probing and decoding uploads with PyAV, whose wheel bundles FFmpeg (no system ffmpeg).
+
+FFmpeg is forgiving in ways that hurt a service: random bytes, a bare WAV header or a truncated
+file can open fine and decode to nothing without an error, a truncated MP3 keeps the duration its
+header promised, and a decode generator that hit one bad packet silently stops. So we decode
+packet by packet (a bad packet is skipped, a run of them is an error), check the amount of
+audio we actually got, and turn every failure into an AudioError with a message a client can act
+on: no raw av, ValueError or OSError leaves this module.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.container
+import numpy as np
+
+from smap_stt.errors import AudioError, AudioTooShort
+
+__all__ = ["SAMPLE_RATE", "AudioInfo", "decode_audio", "decode_pieces", "probe"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+"""What Whisper listens at: decoded audio is mono float32 at this rate."""
+
+# Consecutive packets that fail to decode before we call the file corrupt rather than glitched.
+_MAX_BAD_PACKETS = 20
+
+# How far the first packet after seeking to the claimed end may fall short of it before we stop
+# believing the header (MP3 seeking by TOC or bitrate is approximate).
+_SEEK_SLACK = 10.0
+
+
+@dataclass
+class AudioInfo:
+    """What `probe` learned about a file."""
+
+    duration: float
+    """Seconds of audio; from the container when it proved true, else counted."""
+    format_name: str
+    """FFmpeg's container name, e.g. `mp3`, `wav`, `mov,mp4,m4a,3gp,3g2,mj2`."""
+    codec: str
+    """Codec of the first audio stream, e.g. `mp3float`, `aac`, `pcm_s16le`."""
+    sample_rate: int
+    channels: int
+
+
+def probe(path: Path, *, min_seconds: float = 0.1) -> AudioInfo:
+    """Check that `path` is audio worth transcribing and describe it; cheap for long files.
+
+    Decodes only the first `min_seconds`; the duration comes from the container header unless
+    a seek to its claimed end shows it lies (truncated files), and is counted from the packets
+    (no decoding) when there is no header duration. Raises AudioError for an empty or missing
+    file, a file that is not media or is corrupt, media without an audio stream, and audio that
+    decodes to less than `min_seconds`.
+    """
+    try:
+        with _open(path) as container:
+            stream = _audio_stream(container)
+            info = AudioInfo(
+                duration=0.0,
+                format_name=container.format.name,
+                codec=stream.codec_context.name,
+                sample_rate=stream.sample_rate or 0,
+                channels=stream.channels or 0,
+            )
+            decoded, bad = _decoded_seconds(container, stream, limit=min_seconds)
+            claimed = _claimed_duration(container, stream)
+        if decoded == 0 and bad:
+            raise AudioError("The file is not decodable audio: its packets are corrupt.")
+        if decoded < min_seconds:
+            raise AudioTooShort(_too_short(decoded, min_seconds))
+        if claimed is None or not _reaches(path, claimed):
+            claimed = _counted_duration(path)
+        info.duration = max(claimed, decoded)
+        return info
+    except AudioError:
+        raise
+    except Exception as exc:  # FFmpeg has many ways to fail; none may leak raw
+        raise AudioError(f"The file could not be read as audio: {exc}") from exc
+
+
+def decode_pieces(path: Path, *, piece_seconds: float) -> Iterator[np.ndarray]:
+    """Decode `path` to 16 kHz mono float32, yielding pieces of `piece_seconds` (the last may be
+    shorter) so that memory stays bounded whatever the file's length.
+
+    Raises AudioError when the file cannot be decoded, a run of packets is corrupt, or nothing
+    decodes at all.
+    """
+    if piece_seconds <= 0:
+        raise ValueError("piece_seconds must be positive")
+    piece_samples = max(1, round(piece_seconds * SAMPLE_RATE))
+    pending: list[np.ndarray] = []
+    pending_samples = 0
+    total = 0
+    try:
+        for samples in _decoded_samples(path):
+            pending.append(samples)
+            pending_samples += len(samples)
+            total += len(samples)
+            while pending_samples >= piece_samples:
+                joined = np.concatenate(pending)
+                yield joined[:piece_samples]
+                rest = joined[piece_samples:]
+                pending = [rest] if len(rest) else []
+                pending_samples = len(rest)
+    finally:
+        # PyAV's resampler graph is only freed by the cycle collector; without this, memory
+        # grows job after job (https://github.com/SYSTRAN/faster-whisper/issues/390).
+        gc.collect()
+    if pending_samples:
+        yield np.concatenate(pending)
+    if total == 0:
+        raise AudioTooShort("The file contains no decodable audio.")
+
+
+def decode_audio(path: Path) -> np.ndarray:
+    """The whole file as 16 kHz mono float32; only for short files (1 h is 230 MB)."""
+    pieces = list(decode_pieces(path, piece_seconds=600.0))
+    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"The file cannot be read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise AudioTooShort("The file is empty.")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        raise AudioError(
+            "The file is not a supported audio or video format, or it is corrupt."
+        ) from exc
+    except Exception as exc:
+        raise AudioError(f"The file could not be opened as media: {exc}") from exc
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.AudioStream:
+    if not container.streams.audio:
+        kinds: list[str] = sorted({stream.type for stream in container.streams}) or ["nothing"]
+        raise AudioError(
+            f"The file has no audio stream (FFmpeg reads it as "
+            f"{container.format.long_name or container.format.name} with "
+            f"{' and '.join(kinds)} only)."
+        )
+    return container.streams.audio[0]
+
+
+def _decoded_seconds(
+    container: av.container.InputContainer, stream: av.AudioStream, *, limit: float
+) -> tuple[float, int]:
+    """Seconds decoded from the start, stopping once `limit` is reached, and the number of
+    packets that failed to decode on the way."""
+    decoded = 0.0
+    errors = [0]
+    for frame in _frames(container, stream, errors=errors):
+        decoded += frame.samples / (frame.sample_rate or SAMPLE_RATE)
+        if decoded >= limit:
+            break
+    return decoded, errors[0]
+
+
+def _claimed_duration(
+    container: av.container.InputContainer, stream: av.AudioStream
+) -> float | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _reaches(path: Path, claimed: float) -> bool:
+    """Whether there is audio near the `claimed` end: seek there and look at the next packet."""
+    target = max(0.0, claimed - 1.0)
+    if target < _SEEK_SLACK:
+        return True  # short files: _counted_duration would cost as much as this check
+    try:
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            stream = container.streams.audio[0]
+            container.seek(int(target * av.time_base), any_frame=False)
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.time_base is not None:
+                    return float(packet.pts * packet.time_base) >= target - _SEEK_SLACK
+    except (av.error.FFmpegError, OSError, ValueError):
+        return False
+    return False
+
+
+def _counted_duration(path: Path) -> float:
+    """The duration from the packets themselves: demuxing only, no decoding, so ~0.5 s/hour."""
+    end = 0.0
+    summed = 0.0
+    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+        stream = container.streams.audio[0]
+        for packet in container.demux(stream):
+            if not packet.duration or packet.time_base is None:
+                continue
+            length = float(packet.duration * packet.time_base)
+            summed += length
+            if packet.pts is not None:
+                end = max(end, float(packet.pts * packet.time_base) + length)
+    return end or summed
+
+
+def _frames(
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    *,
+    errors: list[int] | None = None,
+) -> Iterator[av.AudioFrame]:
+    """Decoded frames, decoding packet by packet so that one bad packet does not end the stream
+    (a `container.decode()` generator that raised once is finished). Bad packets are counted
+    in `errors[0]`."""
+    bad = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if errors is not None:
+                errors[0] += 1
+            bad += 1
+            if bad > _MAX_BAD_PACKETS:
+                raise AudioError(
+                    "The audio is corrupt: many consecutive packets could not be decoded."
+                ) from None
+            continue
+        bad = 0
+        for frame in frames:
+            if isinstance(frame, av.AudioFrame):
+                yield frame
+
+
+def _decoded_samples(path: Path) -> Iterator[np.ndarray]:
+    """The file as consecutive float32 arrays at SAMPLE_RATE, mono."""
+    try:
+        with _open(path) as container:
+            stream = _audio_stream(container)
+            resampler = _new_resampler()
+            for frame in _frames(container, stream):
+                frame.pts = None  # timestamps of skipped or odd packets must not stall the graph
+                try:
+                    out = resampler.resample(frame)
+                except ValueError:
+                    # The input format changed mid-stream (e.g. concatenated MP3s): flush the
+                    # old resampler and start a new one for the new format.
+                    out = resampler.resample(None)
+                    resampler = _new_resampler()
+                    out += resampler.resample(frame)
+                for resampled in out:
+                    yield resampled.to_ndarray().reshape(-1)
+            for resampled in resampler.resample(None):
+                yield resampled.to_ndarray().reshape(-1)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"The audio could not be decoded: {exc}") from exc
+
+
+def _new_resampler() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+
+def _too_short(decoded: float, min_seconds: float) -> str:
+    if decoded == 0:
+        return "The file contains no decodable audio."
+    return (
+        f"The file contains only {decoded:.3f} s of decodable audio "
+        f"(at least {min_seconds:g} s is needed)."
+    )

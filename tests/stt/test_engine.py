@@ -1,0 +1,160 @@
+"""The engine on the real bundled model (base, int8, CPU)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from smap_stt.errors import AudioError, JobCancelled, ModelNotFound
+from smap_stt.stt.engine import Engine
+from smap_stt.stt.results import Chunk, Transcript
+from tests.speech import cached_silence, wer
+from tests.stt.conftest import Clip, make_settings
+
+
+@pytest.fixture(scope="module")
+def chunked_engine(models_dir: Path) -> Engine:
+    """Chunks of ~20 s, so the 75 s clip has several checkpoints."""
+    return Engine(make_settings(models_dir, whisper_chunk_seconds=20))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.progress: list[tuple[float, float]] = []
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+
+    def on_progress(self, percent: float) -> None:
+        self.progress.append((time.monotonic(), percent))
+
+
+@pytest.fixture(scope="module")
+def full_run(chunked_engine: Engine, speech_75s: Clip) -> tuple[Transcript, Recorder, float]:
+    recorder = Recorder()
+    started = time.monotonic()
+    transcript = chunked_engine.transcribe(
+        speech_75s.path, model="base", language="en",
+        on_chunk=recorder.on_chunk, on_progress=recorder.on_progress,
+    )
+    return transcript, recorder, started
+
+
+def test_english_paragraphs_are_transcribed_accurately(
+    engine: Engine, english_clips: list[Clip]
+) -> None:
+    for clip in english_clips:
+        transcript = engine.transcribe(clip.path, model="base", language="en")
+        assert wer(clip.text, transcript.text) <= 0.15, (clip.path.suffix, transcript.text)
+        assert transcript.language == "en"
+        assert transcript.duration == pytest.approx(18.5, abs=1.5)
+        assert transcript.text == " ".join(s.text for s in transcript.segments)
+        assert all(s.text == s.text.strip() and s.text for s in transcript.segments)
+        starts = [s.start for s in transcript.segments]
+        assert starts == sorted(starts) and all(s.end <= transcript.duration + 0.5
+                                                for s in transcript.segments)
+
+
+def test_language_is_detected_when_not_given(engine: Engine, english_clips: list[Clip]) -> None:
+    transcript = engine.transcribe(english_clips[1].path, model="base", language=None)
+    assert transcript.language == "en"
+    assert transcript.language_probability is not None
+    assert transcript.language_probability > 0.5
+    assert wer(english_clips[1].text, transcript.text) <= 0.15
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.003])
+def test_silence_gives_no_words(engine: Engine, noise: float) -> None:
+    transcript = engine.transcribe(cached_silence(20.0, noise=noise), model="base", language="en")
+    assert transcript.text == "" and transcript.segments == []
+    assert transcript.duration == pytest.approx(20.0, abs=0.1)
+
+
+def test_long_audio_reports_chunks_and_progress(
+    full_run: tuple[Transcript, Recorder, float], speech_75s: Clip
+) -> None:
+    transcript, recorder, started = full_run
+    assert wer(speech_75s.text, transcript.text) <= 0.15
+    assert [chunk.index for chunk in recorder.chunks] == list(range(len(recorder.chunks)))
+    assert len(recorder.chunks) >= 3
+    assert recorder.chunks[-1].end == pytest.approx(transcript.duration, abs=0.01)
+    assert transcript.segments == [s for chunk in recorder.chunks for s in chunk.segments]
+    for chunk in recorder.chunks:  # timestamps are absolute, inside their chunk
+        assert all(chunk.start - 0.5 <= s.start <= s.end <= chunk.end + 0.5
+                   for s in chunk.segments)
+
+    percents = [percent for _, percent in recorder.progress]
+    assert percents == sorted(percents)
+    assert percents[-1] == 100.0 and 0 <= percents[0] < 10
+    assert len(set(percents)) >= 8
+    times = [started] + [moment for moment, _ in recorder.progress]
+    assert max(b - a for a, b in itertools.pairwise(times)) < 3.0
+
+
+def test_resume_skips_finished_chunks(
+    chunked_engine: Engine, full_run: tuple[Transcript, Recorder, float], speech_75s: Clip
+) -> None:
+    first, recorder, _ = full_run
+    done = recorder.chunks[:2]
+    resumed = Recorder()
+    transcript = chunked_engine.transcribe(
+        speech_75s.path, model="base", language="en", done_chunks=done,
+        on_chunk=resumed.on_chunk, on_progress=resumed.on_progress,
+    )
+    assert [c.index for c in resumed.chunks] == [c.index for c in recorder.chunks[2:]]
+    assert [(c.start, c.end) for c in resumed.chunks] == [
+        (c.start, c.end) for c in recorder.chunks[2:]
+    ]
+    assert transcript.segments[: sum(len(c.segments) for c in done)] == [
+        s for c in done for s in c.segments
+    ]
+    assert transcript.text == first.text
+    assert resumed.progress[0][1] >= 100 * done[-1].end / transcript.duration - 0.1
+
+
+def test_done_chunks_are_trusted_not_redone(chunked_engine: Engine, speech_75s: Clip) -> None:
+    fake = Chunk(index=0, start=0.0, end=30.0, segments=[], language="en")
+    recorder = Recorder()
+    transcript = chunked_engine.transcribe(
+        speech_75s.path, model="base", language="en", done_chunks=[fake],
+        on_chunk=recorder.on_chunk,
+    )
+    assert recorder.chunks[0].index == 1 and recorder.chunks[0].start == 30.0
+    assert all(s.start >= 29.5 for s in transcript.segments)
+
+
+def test_cancelling_from_on_progress_stops_promptly(
+    chunked_engine: Engine, speech_75s: Clip
+) -> None:
+    calls: list[float] = []
+
+    def on_progress(percent: float) -> None:
+        calls.append(percent)
+        if len(calls) == 3:
+            raise JobCancelled("cancelled by the test")
+
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        chunked_engine.transcribe(speech_75s.path, model="base", language="en",
+                                  on_progress=on_progress)
+    assert time.monotonic() - started < 10
+    assert len(calls) == 3
+
+
+def test_unknown_model_and_bad_audio_raise_typed_errors(
+    engine: Engine, tmp_path: Path, english_clips: list[Clip]
+) -> None:
+    with pytest.raises(ModelNotFound, match="base"):
+        engine.transcribe(english_clips[0].path, model="large-v9", language="en")
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio at all" * 100)
+    with pytest.raises(AudioError):
+        engine.transcribe(bad, model="base", language="en")
+
+
+def test_load_is_cached(engine: Engine) -> None:
+    assert engine.load("base") is engine.load("base")
