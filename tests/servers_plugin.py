@@ -6,6 +6,10 @@
 - `job_store` (parametrized "sqlite", "mongo") and `blob_store` ("local", "s3"): a fresh,
   opened store per test (own SQLite file / database / directory / bucket), closed and
   dropped afterwards. Select one backend with `-k "sqlite"`, `-k "not mongo"`...
+  With `MONGODB_TEST_URL` set, the "mongo" job stores use that server instead of SecantusDB
+  (`MONGODB_TEST_URL=mongodb://... pytest tests/store -k mongo` checks a real MongoDB).
+- `production_env`: settings (as environment variables) that point smap-stt at
+  `mongo_server` and `s3_server`, with a database and a bucket of its own, dropped afterwards.
 
 Enable with `pytest_plugins = ["tests.servers_plugin"]` in tests/conftest.py.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -60,6 +65,8 @@ async def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     store: JobStore
     if request.param == "sqlite":
         store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    elif os.environ.get("MONGODB_TEST_URL"):
+        store = MongoJobStore(os.environ["MONGODB_TEST_URL"], _unique("test_"))
     else:
         server: MongoServer = request.getfixturevalue("mongo_server")
         store = MongoJobStore(server.url, _unique("test_"))
@@ -104,3 +111,21 @@ def _drop_bucket(server: S3Server, bucket: str) -> None:
             for item in page.get("Contents", []):
                 client.delete_object(Bucket=bucket, Key=item["Key"])
         client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def production_env(mongo_server: MongoServer, s3_server: S3Server) -> Iterator[dict[str, str]]:
+    """MONGODB_* and MINIO_* for a service under test: the production backends, with a
+    database and a bucket no other test uses."""
+    env = {
+        "MONGODB_URL": mongo_server.url,
+        "MONGODB_DATABASE": _unique("prod_"),
+        "MINIO_ENDPOINT": s3_server.endpoint,
+        "MINIO_ACCESS_KEY": s3_server.access_key,
+        "MINIO_SECRET_KEY": s3_server.secret_key,
+        "MINIO_BUCKET": _unique("prod-"),
+        "MINIO_REGION": s3_server.region,
+    }
+    yield env
+    _drop_database(mongo_server.url, env["MONGODB_DATABASE"])
+    _drop_bucket(s3_server, env["MINIO_BUCKET"])

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smap_stt.config import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 from smap_stt.logs import setup_logging
 
 
-def _serve(settings: Settings, _: argparse.Namespace) -> None:
+def _run_uvicorn(app: FastAPI, settings: Settings) -> None:
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn re-raises the stop signal once it has shut down gracefully, so the process
+        would die by it; a clean stop exits 0, as supervisors expect."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
+    Server(config).run()
+
+
+def _serve(settings: Settings, _: argparse.Namespace) -> None:
     from smap_stt.api.app import create_app
     from smap_stt.backends import make_backends
     from smap_stt.stt.engine import Engine
@@ -23,14 +45,17 @@ def _serve(settings: Settings, _: argparse.Namespace) -> None:
 
     backends = make_backends(settings, embedded=True)
     worker = Worker(settings, backends, Engine(settings))
-    app = create_app(settings, backends, worker=worker)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
+    _run_uvicorn(create_app(settings, backends, worker=worker), settings)
 
 
 def _api(settings: Settings, _: argparse.Namespace) -> None:
     import uvicorn
 
+    if settings.api_workers == 1:
+        from smap_stt.api.app import create_app_from_env
+
+        _run_uvicorn(create_app_from_env(), settings)
+        return
     uvicorn.run("smap_stt.api.app:create_app_from_env", factory=True, host=settings.api_host,
                 port=settings.api_port, workers=settings.api_workers, log_config=None)
 

@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     )
 
     # Logging
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
     log_file: str = Field("", description="Also log to this file (empty: stdout only).")
 
     @field_validator("retry_delays", mode="before")

@@ -63,12 +63,12 @@ async def _queue_depth(name: str) -> int:
         return queue.declaration_result.message_count or 0
 
 
-def test_sigkill_mid_job_five_times(service: ServiceFactory, short_clip: Clip) -> None:
+def test_sigkill_mid_job_five_times(service: ServiceFactory, long_clip: Clip) -> None:
     svc = service(MAX_ATTEMPTS=10)
     svc.start("api")
     workers = [svc.start("worker", name="w0")]
     with svc.client() as client:
-        job_id = upload(client, short_clip.path, language="en")
+        job_id = upload(client, long_clip.path, language="en")
         for round_ in range(5):
             _wait_progress(client, job_id, 0)
             workers[-1].kill()
@@ -77,18 +77,18 @@ def test_sigkill_mid_job_five_times(service: ServiceFactory, short_clip: Clip) -
         result = client.get(f"/api/v1/tasks/{job_id}/result").json()
     assert status["status"] == "COMPLETED", status
     assert status["attempts"] == 6
-    assert wer(short_clip.text, result["transcription"]) <= 0.15
+    assert wer(long_clip.text, result["transcription"]) <= 0.15
     assert _completions(*workers) == {job_id: 1}
 
 
 def test_job_that_kills_every_worker_fails_after_max_attempts(
-    service: ServiceFactory, short_clip: Clip
+    service: ServiceFactory, long_clip: Clip
 ) -> None:
     svc = service(MAX_ATTEMPTS=2)
     svc.start("api")
     worker = svc.start("worker", name="w0")
     with svc.client() as client:
-        job_id = upload(client, short_clip.path, language="en")
+        job_id = upload(client, long_clip.path, language="en")
         for round_ in range(2):
             _wait_progress(client, job_id, 0)
             worker.kill()

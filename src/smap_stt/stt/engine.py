@@ -1,18 +1,22 @@
-"""Transcription: faster-whisper over checkpointable chunks, with progress and cancellation.
+"""Transcription: faster-whisper's model over checkpointable chunks, with progress and cancel.
 
-A file is cut into chunks of about WHISPER_CHUNK_SECONDS at pauses (see `chunks`); the worker
+A file is cut into chunks of about WHISPER_CHUNK_SECONDS at pauses (`chunks`); the worker
 stores each finished chunk, and a resumed job passes them back as `done_chunks` so they are not
-transcribed again. Inside a chunk, Silero VAD (shipped with faster-whisper, runs offline) keeps
-only speech, and each window is decoded without conditioning on the previous window's text, so
-one bad window cannot derail what follows (DESIGN §5).
+transcribed again. A chunk's speech is decoded as independent, batched windows (`windows`),
+which is both what keeps one bad window from derailing the rest and what makes it about twice
+as fast as sequential faster-whisper on a CPU. Only one chunk of audio is in memory at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TypeVar
 
 from faster_whisper import WhisperModel
 
@@ -22,22 +26,34 @@ from smap_stt.stt.audio import probe
 from smap_stt.stt.chunks import AudioChunk, iter_chunks
 from smap_stt.stt.models import resolve_model
 from smap_stt.stt.results import Chunk, Segment, Transcript
+from smap_stt.stt.windows import DecodeOptions, decode_windows, detect_language, speech_windows
 
 __all__ = ["Engine"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# on_progress is called at least this often (seconds) while a chunk is being decoded.
+_HEARTBEAT = 1.0
+# Until a model has been timed, assume it decodes this many seconds per second of audio.
+_FIRST_GUESS_RTF = 0.1
+
 
 class Engine:
     """Loads Whisper models once per process and transcribes files with them.
 
-    Thread-safe: the worker runs several `transcribe` calls at once, each in its own thread.
+    Thread-safe: the worker runs up to MAX_CONCURRENT_JOBS `transcribe` calls at once, each in
+    its own thread; each call uses `settings.threads_per_call` cores, so together they fill the
+    machine without oversubscribing it.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._models: dict[str, WhisperModel] = {}
+        self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._options = DecodeOptions(beam_size=settings.whisper_beam_size)
 
     def load(self, model: str) -> WhisperModel:
         """The loaded model called `model`, loading it on first use.
@@ -58,11 +74,14 @@ class Engine:
         )
         logger.info("Loading Whisper model %s from %s", model, path)
         try:
+            # One CTranslate2 worker per concurrent job, or concurrent calls would queue
+            # behind one another; the weights are shared between workers.
             return WhisperModel(
                 path,
                 device="cpu",
                 compute_type=settings.whisper_compute_type,
                 cpu_threads=settings.threads_per_call,
+                num_workers=settings.max_concurrent_jobs,
                 download_root=str(settings.whisper_models_dir / ".hub"),
             )
         except (RuntimeError, ValueError, OSError) as exc:
@@ -82,78 +101,101 @@ class Engine:
     ) -> Transcript:
         """Transcribe the audio file at `path` with `model`.
 
-        `language` None detects it (on the first chunk with speech, then kept for the rest).
+        `language` None detects it (on the first speech, then kept for the whole file).
         Chunks in `done_chunks` (an earlier attempt's checkpoints) are not transcribed again;
         every other chunk is passed to `on_chunk` once finished. `on_progress` gets the percent
-        of audio done, often; whatever it raises (JobCancelled) stops the work and propagates.
+        of audio done (an estimate inside a chunk) at least every second or so; whatever it
+        raises (JobCancelled) stops the work and propagates at once.
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         whisper = self.load(model)
-        requested = language
         duration = probe(path).duration
-        run = _Run(duration=duration, on_progress=on_progress)
+        progress = _Progress(duration, on_progress)
         done = {chunk.index: chunk for chunk in done_chunks}
-        detected_probability: float | None = None
-        chunks: list[Chunk] = []
-        run.report(_finished_prefix(done_chunks))
-        for audio in iter_chunks(
-            path,
-            chunk_seconds=self._settings.whisper_chunk_seconds,
-            fixed_ends={index: chunk.end for index, chunk in done.items()},
-        ):
-            finished = done.get(audio.index)
-            if finished is None:
-                finished, probability = self._transcribe_chunk(
-                    whisper, audio, language=language, run=run
-                )
-                if language is None and finished.segments:
-                    language, detected_probability = finished.language, probability
-                if on_chunk is not None:
-                    on_chunk(finished)
-            elif language is None and finished.segments and finished.language:
-                language = finished.language
-            chunks.append(finished)
-            run.report(audio.end_seconds)
-        duration = max(duration, chunks[-1].end) if chunks else duration
-        segments = [segment for chunk in chunks for segment in chunk.segments]
-        run.finish()
+        job = _Job(language=language)
+        progress.report(_finished_prefix(done_chunks))
+        # The model runs in a helper thread so that this one can report progress (and so
+        # learn of a cancellation) while a batch of windows is being decoded.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        try:
+            for audio in iter_chunks(
+                path,
+                chunk_seconds=self._settings.whisper_chunk_seconds,
+                fixed_ends={index: chunk.end for index, chunk in done.items()},
+            ):
+                finished = done.get(audio.index)
+                if finished is None:
+                    started = time.monotonic()
+                    future = pool.submit(self._transcribe_chunk, whisper, audio, job)
+                    finished = self._wait(future, progress, model, audio)
+                    self._learn_speed(model, time.monotonic() - started, audio)
+                    if on_chunk is not None:
+                        on_chunk(finished)
+                elif job.language is None and finished.segments and finished.language:
+                    job.language = finished.language
+                job.chunks.append(finished)
+                progress.report(audio.end_seconds)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        segments = [segment for chunk in job.chunks for segment in chunk.segments]
+        progress.finish()
         return Transcript(
             text=" ".join(segment.text for segment in segments),
             segments=segments,
-            language=language or "",
-            language_probability=1.0 if requested else detected_probability,
-            duration=duration,
+            language=job.language or "",
+            language_probability=1.0 if language else job.language_probability,
+            duration=max(duration, job.chunks[-1].end) if job.chunks else duration,
         )
 
-    def _transcribe_chunk(
-        self, whisper: WhisperModel, audio: AudioChunk, *, language: str | None, run: _Run
-    ) -> tuple[Chunk, float | None]:
-        settings = self._settings
-        offset = audio.start_seconds
-        pieces, info = whisper.transcribe(
-            audio.audio,
-            language=language,
-            beam_size=settings.whisper_beam_size,
-            vad_filter=True,
-            condition_on_previous_text=False,
-        )
-        segments: list[Segment] = []
-        for piece in pieces:
-            text = piece.text.strip()
-            if text:
-                segments.append(
-                    Segment(start=round(offset + piece.start, 3),
-                            end=round(offset + piece.end, 3), text=text)
-                )
-            run.report(offset + piece.end)
-        chunk = Chunk(
-            index=audio.index,
-            start=audio.start_seconds,
-            end=audio.end_seconds,
-            segments=segments,
-            language=info.language,
-        )
-        return chunk, (info.language_probability if language is None else None)
+    def _transcribe_chunk(self, whisper: WhisperModel, audio: AudioChunk, job: _Job) -> Chunk:
+        windows = speech_windows(audio.audio, seconds=self._options.window_seconds)
+        if windows and job.language is None:
+            if whisper.model.is_multilingual:
+                job.language, job.language_probability = detect_language(whisper, windows[0])
+            else:
+                job.language, job.language_probability = "en", 1.0
+        segments = []
+        if windows:
+            assert job.language is not None
+            for decoded in decode_windows(
+                whisper, windows, language=job.language, options=self._options
+            ):
+                for start, end, text in decoded.segments:
+                    segments.append(Segment(start=round(audio.start_seconds + start, 3),
+                                            end=round(audio.start_seconds + end, 3), text=text))
+        return Chunk(index=audio.index, start=audio.start_seconds, end=audio.end_seconds,
+                     segments=segments, language=job.language)
+
+    def _wait(self, future: Future[T], progress: _Progress, model: str, audio: AudioChunk) -> T:
+        """The future's result; meanwhile, progress estimated from the model's measured speed."""
+        started = time.monotonic()
+        expected = max(0.5, (audio.end_seconds - audio.start_seconds) * self._speed(model))
+        while True:
+            try:
+                return future.result(timeout=_HEARTBEAT)
+            except FutureTimeout:
+                share = min(0.95, (time.monotonic() - started) / expected)
+                progress.report(audio.start_seconds + share * (audio.end_seconds -
+                                                               audio.start_seconds))
+
+    def _speed(self, model: str) -> float:
+        return self._rtf.get(model, _FIRST_GUESS_RTF)
+
+    def _learn_speed(self, model: str, elapsed: float, audio: AudioChunk) -> None:
+        seconds = audio.end_seconds - audio.start_seconds
+        if seconds >= 5:
+            previous = self._rtf.get(model)
+            rtf = elapsed / seconds
+            self._rtf[model] = rtf if previous is None else 0.5 * (previous + rtf)
+
+
+class _Job:
+    """What one transcribe call accumulates."""
+
+    def __init__(self, *, language: str | None) -> None:
+        self.language = language
+        self.language_probability: float | None = None
+        self.chunks: list[Chunk] = []
 
 
 def _finished_prefix(done_chunks: Sequence[Chunk]) -> float:
@@ -165,18 +207,18 @@ def _finished_prefix(done_chunks: Sequence[Chunk]) -> float:
     return end
 
 
-class _Run:
-    """Progress bookkeeping of one transcribe call: percent of audio, never going backwards."""
+class _Progress:
+    """Progress of one transcribe call: percent of the audio, never going backwards."""
 
-    def __init__(self, *, duration: float, on_progress: Callable[[float], None] | None) -> None:
+    def __init__(self, duration: float, on_progress: Callable[[float], None] | None) -> None:
         self._duration = duration
         self._on_progress = on_progress
         self._percent = 0.0
 
     def report(self, seconds: float) -> None:
-        """Audio up to `seconds` is done; below 100 % until `finish` (the duration may lie)."""
-        if self._duration > 0:
-            self._call(min(99.9, 100.0 * seconds / self._duration))
+        """Audio up to `seconds` is done; stays below 100 % until `finish` (durations lie)."""
+        percent = 99.9 if self._duration <= 0 else min(99.9, 100.0 * seconds / self._duration)
+        self._call(percent)
 
     def finish(self) -> None:
         self._call(100.0)

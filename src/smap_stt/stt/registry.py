@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 from smap_stt.blobs.base import BlobStore
 from smap_stt.errors import BlobNotFound, ModelCorrupt, ModelNotFound
 from smap_stt.stt.models import available_models, is_model_dir
+
+log = logging.getLogger(__name__)
 
 PREFIX = "models/"
 MANIFEST = "manifest.json"
@@ -31,8 +36,11 @@ def _sha256(path: Path) -> str:
 
 
 def _manifest(directory: Path) -> dict[str, dict[str, int | str]]:
+    # Hidden files are bookkeeping (the bundled model's `.smap-stt-verified.json` marker),
+    # not part of the model, and a fetch refuses such names.
     return {path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
-            for path in sorted(directory.iterdir()) if path.is_file()}
+            for path in sorted(directory.iterdir())
+            if path.is_file() and not path.name.startswith(".")}
 
 
 async def push(blobs: BlobStore, models_dir: Path, name: str) -> int:
@@ -61,18 +69,30 @@ async def all_models(blobs: BlobStore, models_dir: Path) -> list[str]:
     return sorted({*local, *await remote_models(blobs)})
 
 
-async def ensure_local(blobs: BlobStore, models_dir: Path, name: str) -> None:
-    """Make `name` loadable from `models_dir`, fetching it from the blob store if needed."""
+async def ensure_local(blobs: BlobStore, models_dir: Path, name: str, *,
+                       allow_download: bool = False) -> None:
+    """Make `name` loadable from `models_dir`, fetching it from the blob store if needed.
+
+    Raises ModelNotFound when it is in neither place (unless `allow_download`: then the
+    engine may still fetch it from the hub), ModelCorrupt when a fetched file does not match
+    the manifest, BackendUnavailable when the blob store does not answer.
+    """
     if name in await asyncio.to_thread(available_models, models_dir):
         return
     try:
         manifest = json.loads(await blobs.get_bytes(f"{PREFIX}{name}/{MANIFEST}"))
     except BlobNotFound:
+        if allow_download:
+            return
         local = ", ".join(await asyncio.to_thread(available_models, models_dir))
         raise ModelNotFound(f"model {name!r} is neither installed (available: {local}) nor in "
                             "the blob store (push it with `smap-stt models push NAME`)") from None
+    log.info("fetching model %s from the %s blob store", name, blobs.name)
+    started = time.monotonic()
     staging = models_dir / f".fetch-{name}-{uuid.uuid4().hex[:8]}"
     try:
+        await asyncio.to_thread(staging.mkdir, parents=True)
+        size = 0
         for filename, expected in manifest.items():
             if "/" in filename or filename.startswith("."):
                 raise ModelCorrupt(f"model {name!r}: bad file name {filename!r} in its manifest")
@@ -82,8 +102,23 @@ async def ensure_local(blobs: BlobStore, models_dir: Path, name: str) -> None:
             if actual != expected["sha256"] or target.stat().st_size != expected["size"]:
                 raise ModelCorrupt(f"model {name!r} failed verification: {filename} does not "
                                    "match its manifest (push it again)")
-        final = models_dir / name
-        if not final.exists():
-            staging.rename(final)
+            size += int(expected["size"])
+        if not is_model_dir(staging):
+            raise ModelCorrupt(f"model {name!r} in the blob store is incomplete: it needs "
+                               "model.bin, config.json and tokenizer.json (push it again)")
+        await asyncio.to_thread(_publish, staging, models_dir / name)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
+    log.info("fetched model %s (%.1f MB, verified) in %.1f s", name, size / 1e6,
+             time.monotonic() - started)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename the verified directory into place. Another worker sharing the models directory
+    may have won the race: its copy, verified the same way, is as good as ours."""
+    try:
+        os.rename(staging, final)
+    except OSError as exc:
+        if not is_model_dir(final):
+            raise ModelCorrupt(f"cannot install model {final.name!r}: {final} exists and is not "
+                               f"a complete model directory ({exc}); remove it") from exc

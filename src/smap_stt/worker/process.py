@@ -247,7 +247,8 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         done = [Chunk.from_dict(data) for data in await store.load_chunks(job.id)]
         if done:
             log.info("resuming after %d checkpointed chunk(s)", len(done))
-        await registry.ensure_local(blobs, settings.whisper_models_dir, job.model)
+        await registry.ensure_local(blobs, settings.whisper_models_dir, job.model,
+                                    allow_download=settings.whisper_allow_download)
         language = None if job.language == "auto" else job.language
         transcript = await asyncio.to_thread(
             ctx.engine.transcribe, audio, model=job.model, language=language,

@@ -18,6 +18,7 @@ from smap_stt.jobs import JobMessage
 from smap_stt.queue.base import Delivery
 from smap_stt.queue.rabbitmq import RabbitDelivery, RabbitQueue
 from smap_stt.store.base import JobStore
+from smap_stt.stt import registry
 from smap_stt.stt.engine import Engine
 from smap_stt.worker.process import WorkerContext, handle_dead_event, handle_delivery
 
@@ -40,6 +41,10 @@ class Worker:
     async def start(self) -> None:
         """Load the default model, then start consuming and the recovery loop."""
         settings = self.settings
+        # The default model may live in the blob store only (pushed, not installed here).
+        await registry.ensure_local(self.backends.blobs, settings.whisper_models_dir,
+                                    settings.whisper_model,
+                                    allow_download=settings.whisper_allow_download)
         await asyncio.to_thread(self.ctx.engine.load, settings.whisper_model)
         queue = self.backends.queue
         await queue.consume(self._track(handle_delivery), prefetch=settings.max_concurrent_jobs)
