@@ -205,3 +205,37 @@ def test_serve_restart_keeps_queued_jobs(service: ServiceFactory, short_clip: Cl
         svc.start("serve", name="again")
         statuses = [wait_final(client, job, timeout=300) for job in jobs]
     assert [s["status"] for s in statuses] == ["COMPLETED"] * 3
+
+
+def test_job_timeout_fails_the_job_and_log_file_has_its_lines(
+    service: ServiceFactory, long_clip: Clip, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "smap.log"
+    svc = service(JOB_TIMEOUT=2, LOG_FILE=log_file)
+    svc.start("serve")
+    with svc.client() as client:
+        job_id = upload(client, long_clip.path, language="en")
+        status = wait_final(client, job_id, timeout=60)
+        assert client.get("/api/v1/tasks/health").status_code == 200
+    assert status["status"] == "FAILED"
+    assert status["error_message"].startswith("timeout")
+    assert "JOB_TIMEOUT" in status["error_message"]
+    logged = log_file.read_text()
+    assert f"[job {job_id}] started attempt 1" in logged
+    assert f"[job {job_id}] failed: timeout" in logged
+
+
+def test_audio_that_breaks_off_is_transcribed_as_far_as_it_goes(
+    service: ServiceFactory, english: list[str]
+) -> None:
+    whole = cached_speech(" ".join(english[:2]), fmt="mp3").read_bytes()
+    svc = service()
+    svc.start("serve")
+    half = svc.data_dir / "half.mp3"
+    half.write_bytes(whole[: len(whole) // 2])
+    with svc.client() as client:
+        job_id = upload(client, half, language="en")
+        status = wait_final(client, job_id)
+        result = client.get(f"/api/v1/tasks/{job_id}/result").json()
+    assert status["status"] == "COMPLETED", status
+    assert wer(english[0], result["transcription"]) <= 0.2
