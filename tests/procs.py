@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,3 +176,24 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 180) -> dict[
             return status
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} not final within {timeout} s: {status}")
+
+
+def wait_running(client: httpx.Client, job_id: str, *, above: float = -1,
+                 timeout: float = 120) -> dict[str, Any]:
+    """Wait until the job is PROCESSING with progress above `above` (-1: just running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = client.get(f"/api/v1/tasks/{job_id}/status").json()
+        if status["status"] == "PROCESSING" and status["progress"] > above:
+            return status
+        assert status["status"] in ("PENDING", "PROCESSING"), status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never ran past {above} %")
+
+
+def completions(*procs: Proc) -> Counter[str]:
+    """How many times each job was logged as completed, across the given processes."""
+    seen: Counter[str] = Counter()
+    for proc in procs:
+        seen.update(re.findall(r"\[job ([0-9a-f-]{36})\] completed:", proc.log()))
+    return seen

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import Service, upload, wait_final
+from tests.procs import Service, upload, wait_final, wait_running
 from tests.speech import cached_speech, wer
 
 ServiceFactory = Callable[..., Service]
@@ -118,10 +118,7 @@ def test_priority_job_overtakes_waiting_jobs(
     svc.start("worker")
     with svc.client() as client:
         busy = upload(client, long_clip.path, language="en")
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/tasks/{busy}/status").json()["status"] != "PROCESSING":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_running(client, busy)
         low = [upload(client, short_clip.path, language="en", priority=1) for _ in range(3)]
         high = upload(client, short_clip.path, language="en", priority=9)
         statuses = {job: wait_final(client, job, timeout=400) for job in [busy, *low, high]}
@@ -138,10 +135,7 @@ def test_sigterm_mid_job_finishes_it_exactly_once(
     worker = svc.start("worker")
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/tasks/{job_id}/status").json()["progress"] <= 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_running(client, job_id, above=0)
         worker.signal(signal.SIGTERM)
         assert worker.popen is not None
         assert worker.popen.wait(120) == 0
@@ -159,10 +153,7 @@ def test_sigterm_past_grace_hands_the_job_to_another_worker(
     first = svc.start("worker", name="first")
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/tasks/{job_id}/status").json()["progress"] <= 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_running(client, job_id, above=0)
         first.signal(signal.SIGTERM)
         assert first.popen is not None and first.popen.wait(60) == 0
         assert "handed back" in first.log()
@@ -179,10 +170,7 @@ def test_docs_answer_while_transcribing(service: ServiceFactory, long_clip: Clip
     svc.start("serve")
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/tasks/{job_id}/status").json()["status"] != "PROCESSING":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_running(client, job_id)
         slowest = 0.0
         for _ in range(10):
             started = time.monotonic()

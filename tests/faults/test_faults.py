@@ -10,40 +10,19 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-import httpx
 import pytest
 
 from tests.conftest import AMQP_URL, Clip
 from tests.faults.proxy import TcpProxy
-from tests.procs import Proc, Service, upload, wait_final
+from tests.procs import Service, completions, upload, wait_final, wait_running
 from tests.speech import wer
 
 ServiceFactory = Callable[..., Service]
 pytestmark = pytest.mark.timeout(600)
-
-
-def _completions(*procs: Proc) -> Counter[str]:
-    """How many times each job was logged as completed, across the given processes."""
-    seen: Counter[str] = Counter()
-    for proc in procs:
-        seen.update(re.findall(r"\[job ([0-9a-f-]{36})\] completed:", proc.log()))
-    return seen
-
-
-def _wait_progress(client: httpx.Client, job_id: str, above: float, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get(f"/api/v1/tasks/{job_id}/status").json()
-        if status["status"] == "PROCESSING" and status["progress"] > above:
-            return
-        assert status["status"] in ("PENDING", "PROCESSING"), status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never passed {above} %")
 
 
 async def _publish_raw(exchange: str, routing_key: str, bodies: list[bytes]) -> None:
@@ -70,7 +49,7 @@ def test_sigkill_mid_job_five_times(service: ServiceFactory, long_clip: Clip) ->
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
         for round_ in range(5):
-            _wait_progress(client, job_id, 0)
+            wait_running(client, job_id, above=0)
             workers[-1].kill()
             workers.append(svc.start("worker", name=f"w{round_ + 1}"))
         status = wait_final(client, job_id, timeout=300)
@@ -78,7 +57,7 @@ def test_sigkill_mid_job_five_times(service: ServiceFactory, long_clip: Clip) ->
     assert status["status"] == "COMPLETED", status
     assert status["attempts"] == 6
     assert wer(long_clip.text, result["transcription"]) <= 0.15
-    assert _completions(*workers) == {job_id: 1}
+    assert completions(*workers) == {job_id: 1}
 
 
 def test_job_that_kills_every_worker_fails_after_max_attempts(
@@ -90,7 +69,7 @@ def test_job_that_kills_every_worker_fails_after_max_attempts(
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
         for round_ in range(2):
-            _wait_progress(client, job_id, 0)
+            wait_running(client, job_id, above=0)
             worker.kill()
             worker = svc.start("worker", name=f"w{round_ + 1}")
         status = wait_final(client, job_id, timeout=120)
@@ -110,7 +89,7 @@ def test_broker_restart_with_50_jobs(service: ServiceFactory, tiny_clip: Clip) -
         subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
         statuses = [wait_final(client, job, timeout=400) for job in jobs]
     assert [s["status"] for s in statuses] == ["COMPLETED"] * 50
-    done = _completions(worker)
+    done = completions(worker)
     assert all(done[job] == 1 for job in jobs), done
 
 
@@ -138,7 +117,7 @@ def test_broker_down_during_uploads_uses_the_outbox(
             proxy.restore()
             statuses = [wait_final(client, job, timeout=300) for job in jobs]
         assert [s["status"] for s in statuses] == ["COMPLETED"] * 20
-        assert all(count == 1 for count in _completions(worker).values())
+        assert all(count == 1 for count in completions(worker).values())
     finally:
         proxy.stop()
 
@@ -190,7 +169,7 @@ def test_same_message_twice_runs_once(service: ServiceFactory, short_clip: Clip)
         status = client.get(f"/api/v1/tasks/{job_id}/status").json()
     assert status["status"] == "COMPLETED"
     assert status["attempts"] == 1
-    assert _completions(worker) == {job_id: 1}
+    assert completions(worker) == {job_id: 1}
 
 
 def test_expired_message_fails_its_job(service: ServiceFactory, tiny_clip: Clip) -> None:
@@ -212,7 +191,7 @@ def test_cancel_queued_and_running_jobs(service: ServiceFactory, long_clip: Clip
     with svc.client() as client:
         running = upload(client, long_clip.path, language="en")
         queued = upload(client, long_clip.path, language="en")
-        _wait_progress(client, running, 0)
+        wait_running(client, running, above=0)
         answer = client.post(f"/api/v1/tasks/{queued}/cancel")
         assert answer.status_code == 200 and answer.json()["job_status"] == "CANCELLED"
         started = time.monotonic()
@@ -252,7 +231,7 @@ def test_resume_from_checkpoints_after_sigkill(service: ServiceFactory, long_cli
     first = svc.start("worker", name="first")
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
-        _wait_progress(client, job_id, 60, timeout=300)
+        wait_running(client, job_id, above=60, timeout=300)
         first.kill()
         second = svc.start("worker", name="second")
         status = wait_final(client, job_id, timeout=300)
@@ -293,7 +272,7 @@ def test_worker_death_after_early_ack_is_recovered(
         status = wait_final(client, job_id, timeout=300)
     assert status["status"] == "COMPLETED", status
     assert status["attempts"] == 2
-    assert _completions(first, second) == {job_id: 1}
+    assert completions(first, second) == {job_id: 1}
 
 
 def test_sigterm_serve_then_restart_finishes_everything(
