@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -60,9 +61,12 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
         raise InvalidRequest(str(exc), status_code=415) from None
 
     job_id = new_job_id()
+    # Recorded as published before publishing, to save a write per upload: if publishing
+    # fails it is marked unpublished for the outbox; if this process dies in between, the
+    # recovery loop republishes PENDING jobs that wait with an empty queue.
     job = Job(id=job_id, filename=upload.filename, language=request.language,
               model=request.model, priority=request.priority, size_bytes=upload.size,
-              audio_key=f"uploads/{job_id}{upload.suffix}")
+              audio_key=f"uploads/{job_id}{upload.suffix}", published=True)
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
     try:
         await backends.store.create(job)
@@ -73,9 +77,10 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
         await backends.queue.publish(JobMessage.for_job(job), priority=job.priority)
     except BackendUnavailable as exc:
         log.warning("job %s stored, not yet queued (%s); the outbox will publish it", job.id, exc)
+        with contextlib.suppress(BackendUnavailable):  # then the lost-job check republishes it
+            await backends.store.mark_unpublished(job.id)
+        job.published = False
         return job
-    await backends.store.mark_published(job.id)
-    job.published = True
     log.info("job %s accepted: %s, %.2f MB, language %s, model %s, priority %d", job.id,
              job.filename, job.size_bytes / 1e6, job.language, job.model, job.priority)
     return job
