@@ -28,6 +28,7 @@ from smap_stt.errors import (
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.logs import current_job
 from smap_stt.queue.base import Delivery, decode_message
+from smap_stt.store.base import JobStore
 from smap_stt.stt import registry
 from smap_stt.stt.engine import Engine
 from smap_stt.stt.results import Chunk, Transcript
@@ -221,8 +222,7 @@ async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: 
                 log.warning("heartbeat not recorded: %s", exc)
                 continue
             if not alive:
-                current = await store.get(job.id)
-                control.stop(f"the job is {current.status.value} (attempt {current.attempts})")
+                control.stop(await _why_not_holding(store, job.id))
                 return
             written, last_write = control.progress, now
         if not early_acked and now - started >= settings.early_ack_after:
@@ -232,6 +232,18 @@ async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: 
             early_acked = True
             log.info("running for %.0f s: acked its message early; heartbeats guard it now",
                      now - started)
+
+
+async def _why_not_holding(store: JobStore, job_id: str) -> str:
+    try:
+        current = await store.get(job_id)
+    except JobNotFound:
+        return "the job was deleted"
+    except BackendUnavailable:
+        return "the job changed hands"
+    if current.status is JobStatus.CANCELLED:
+        return "cancelled by request"
+    return f"the job is {current.status.value} (attempt {current.attempts})"
 
 
 async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
