@@ -7,7 +7,8 @@
   opened store per test (own SQLite file / database / directory / bucket), closed and
   dropped afterwards. Select one backend with `-k "sqlite"`, `-k "not mongo"`...
   With `MONGODB_TEST_URL` set, the "mongo" job stores use that server instead of SecantusDB
-  (`MONGODB_TEST_URL=mongodb://... pytest tests/store -k mongo` checks a real MongoDB).
+  (`MONGODB_TEST_URL=mongodb://... pytest tests/store -k mongo` checks a real MongoDB), and
+  tests that need `mongo_server` (to stop or crash it) are skipped.
 - `production_env`: settings (as environment variables) that point smap-stt at
   `mongo_server` and `s3_server`, with a database and a bucket of its own, dropped afterwards.
 
@@ -38,6 +39,9 @@ from tests.servers import MongoServer, S3Server, ServerError, start_mongo, start
 
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    if os.environ.get("MONGODB_TEST_URL"):
+        pytest.skip("MONGODB_TEST_URL is set: tests that stop or crash a server of their own "
+                    "are skipped")
     try:
         server = start_mongo(tmp_path_factory.mktemp("mongo"))
     except ServerError as exc:

@@ -17,20 +17,12 @@ import pymongo
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import ROOT, SMAP_STT, Proc, Service, upload, wait_final
+from tests.procs import ROOT, SMAP_STT, Service, completions, upload, wait_final
 from tests.servers import MongoServer, S3Server
 from tests.speech import wer
 
 ServiceFactory = Callable[..., Service]
 pytestmark = pytest.mark.timeout(600)
-
-
-def completions(*procs: Proc) -> Counter[str]:
-    """How many times each job was logged as completed, across the given processes."""
-    seen: Counter[str] = Counter()
-    for proc in procs:
-        seen.update(re.findall(r"\[job ([0-9a-f-]{36})\] completed:", proc.log()))
-    return seen
 
 
 def wait_health(client: httpx.Client, code: int, timeout: float = 60) -> dict[str, Any]:
@@ -108,18 +100,14 @@ def test_many_workers_share_one_queue(
     assert [s["status"] for s in statuses.values()] == ["COMPLETED"] * 12, statuses
     assert all(s["attempts"] == 1 for s in statuses.values())
     assert completions(*workers) == dict.fromkeys(jobs, 1)
-    by_worker = Counter(s["worker_id"] for s in statuses.values())
-    pids = {str(worker.pid) for worker in workers}
-    assert {worker_id.rsplit(":", 1)[1] for worker_id in by_worker} <= pids, by_worker
-    assert len(by_worker) >= 2, by_worker
+    assert all(s["worker_id"] for s in statuses.values())
+    by_pid = Counter(s["worker_id"].rsplit(":", 1)[1] for s in statuses.values())
+    assert set(by_pid) <= {str(worker.pid) for worker in workers}, by_pid
+    assert len(by_pid) >= 2, by_pid
     # Each worker's log agrees with the worker_id recorded on the jobs.
     for worker in workers:
-        assert len(completions(worker)) == by_worker.get(f"{_host(statuses)}:{worker.pid}", 0)
-    print(f"12 jobs on 3 workers in {elapsed:.1f} s; per worker: {sorted(by_worker.values())}")
-
-
-def _host(statuses: dict[str, dict[str, Any]]) -> str:
-    return str(next(iter(statuses.values()))["worker_id"]).rsplit(":", 1)[0]
+        assert len(completions(worker)) == by_pid.get(str(worker.pid), 0)
+    print(f"12 jobs on 3 workers in {elapsed:.1f} s; per worker: {sorted(by_pid.values())}")
 
 
 def test_health_follows_the_database_and_the_storage(
@@ -134,7 +122,9 @@ def test_health_follows_the_database_and_the_storage(
 
         try:
             mongo_server.stop()
+            began = time.monotonic()
             down = wait_health(client, 503, timeout=30)
+            timings = {"mongodb down seen": time.monotonic() - began}
             assert down["status"] == "unhealthy"
             assert down["services"]["database"].startswith("unhealthy: mongodb is unavailable")
             assert down["services"]["storage"] == "healthy"
@@ -146,13 +136,17 @@ def test_health_follows_the_database_and_the_storage(
             assert "mongodb is unavailable" in refused.json()["detail"]
         finally:
             mongo_server.start()
+        began = time.monotonic()
         assert wait_health(client, 200)["status"] == "healthy"
+        timings["mongodb back seen"] = time.monotonic() - began
         job_id = upload(client, tiny_clip.path, language="en")
         assert wait_final(client, job_id)["status"] == "COMPLETED"
 
         try:
             s3_server.stop()
+            began = time.monotonic()
             down = wait_health(client, 503, timeout=30)
+            timings["s3 down seen"] = time.monotonic() - began
             assert down["services"]["storage"].startswith("unhealthy: s3 is unavailable")
             assert down["services"]["database"] == "healthy"
             with tiny_clip.path.open("rb") as audio:
@@ -162,11 +156,14 @@ def test_health_follows_the_database_and_the_storage(
             assert "s3 is unavailable" in refused.json()["detail"]
         finally:
             s3_server.start()
+        began = time.monotonic()
         assert wait_health(client, 200)["status"] == "healthy"
+        timings["s3 back seen"] = time.monotonic() - began
         job_id = upload(client, tiny_clip.path, language="en")
         assert wait_final(client, job_id)["status"] == "COMPLETED"
         assert client.get("/api/v1/tasks", params={"status": "COMPLETED"}).json()["count"] == 2
     assert all(proc.popen is not None and proc.popen.poll() is None for proc in svc.procs)
+    print(", ".join(f"{what} after {seconds:.1f} s" for what, seconds in timings.items()))
 
 
 def _push(env: dict[str, str], name: str) -> str:
@@ -219,6 +216,21 @@ def test_models_from_object_storage(
     assert not [p for p in worker_models.iterdir() if p.name.startswith(".fetch-")]
     assert not (api_models / "tiny-copy").exists()
 
+    # A worker whose default model is in the bucket only fetches it before it consumes.
+    worker.stop()
+    preloaded_models = tmp_path / "preloaded-models"
+    preloaded = svc.start("worker", name="preloaded", WHISPER_MODEL="tiny-copy",
+                          WHISPER_MODELS_DIR=preloaded_models)
+    assert "consuming from rabbitmq (1 jobs at once, model tiny-copy)" in preloaded.log()
+    assert preloaded.log().count("fetched model tiny-copy") == 1
+    assert sorted(p.name for p in preloaded_models.iterdir()) == ["tiny-copy"]
+    with svc.client() as client:
+        third = upload(client, short_clip.path, language="en", model="tiny-copy")
+        status = wait_final(client, third)
+    assert status["status"] == "COMPLETED", status
+    assert status["worker_id"].endswith(f":{preloaded.pid}")
+    assert preloaded.log().count("fetched model tiny-copy") == 1
+
     # Tamper with a pushed blob (same size, one byte changed): a worker without a cached copy
     # must refuse it at once, not load it and not retry.
     s3 = s3_server.client()
@@ -227,7 +239,7 @@ def test_models_from_object_storage(
     tampered = original.replace(b"{", b" ", 1)
     assert len(tampered) == len(original) and tampered != original
     s3.put_object(Bucket=bucket, Key=key, Body=tampered)
-    worker.stop()
+    preloaded.stop()
     fresh_models = tmp_path / "fresh-models"
     fresh_models.mkdir()
     fresh = svc.start("worker", name="fresh", WHISPER_MODELS_DIR=fresh_models)

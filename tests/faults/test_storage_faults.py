@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -14,18 +13,11 @@ import httpx
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import FINAL, Proc, Service, upload, wait_final
+from tests.procs import FINAL, Service, completions, upload, wait_final, wait_running
 from tests.servers import MongoServer, S3Server
 from tests.speech import wer
 
 ServiceFactory = Callable[..., Service]
-
-
-def _completions(*procs: Proc) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    for proc in procs:
-        seen.update(re.findall(r"\[job ([0-9a-f-]{36})\] completed:", proc.log()))
-    return seen
 
 
 def _status(client: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -33,7 +25,7 @@ def _status(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return status
 
 
-def _wait_running(client: httpx.Client, jobs: list[str], timeout: float = 120) -> str:
+def _wait_any_running(client: httpx.Client, jobs: list[str], timeout: float = 120) -> str:
     """The first of `jobs` seen transcribing (PROCESSING with progress above 0)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,7 +49,7 @@ def test_blob_store_down_mid_job_is_retried_and_completes_once(
     with svc.client() as client:
         job_id = upload(client, long_clip.path, language="en")
         try:
-            _wait_running(client, [job_id])  # its audio is fetched; the result is not stored
+            wait_running(client, job_id, above=0)  # audio fetched, result not yet stored
             s3_server.kill()
             worker.wait_for_log(f"[job {job_id}] attempt 1 failed: s3 is unavailable",
                                 timeout=240)
@@ -69,7 +61,7 @@ def test_blob_store_down_mid_job_is_retried_and_completes_once(
         document = httpx.get(result["download_url"], timeout=10).json()
     assert status["status"] == "COMPLETED", status
     assert status["attempts"] >= 2
-    assert _completions(worker) == {job_id: 1}
+    assert completions(worker) == {job_id: 1}
     assert wer(long_clip.text, result["transcription"]) <= 0.15
     assert document["text"] == result["transcription"]
     # The retry kept the transcribed chunks: the outage cost no transcription work.
@@ -90,7 +82,7 @@ def test_database_down_briefly_while_jobs_run(
     with svc.client() as client:
         jobs = [upload(client, short_clip.path, language="en") for _ in range(8)]
         try:
-            _wait_running(client, jobs)
+            _wait_any_running(client, jobs)
             mongo_server.kill()  # a crash, not a polite stop
             time.sleep(12)
         finally:
@@ -101,7 +93,7 @@ def test_database_down_briefly_while_jobs_run(
     assert all(s["status"] in FINAL for s in statuses.values())
     assert again == {job: s["status"] for job, s in statuses.items()}
     assert [s["status"] for s in statuses.values()] == ["COMPLETED"] * 8, statuses
-    assert _completions(*workers) == dict.fromkeys(jobs, 1)
+    assert completions(*workers) == dict.fromkeys(jobs, 1)
     log = "\n".join(worker.log() for worker in workers)
     # The outage hit running attempts, not only their heartbeats.
     assert re.search(r"attempt 1 failed: mongodb is unavailable", log), log[-4000:]

@@ -29,7 +29,7 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def get_file(self, key: str, path: Path) -> None:
-        """Write the object to `path`, streaming."""
+        """Write the object to `path` (creating its parent directories), streaming."""
 
     @abstractmethod
     async def get_bytes(self, key: str) -> bytes: ...

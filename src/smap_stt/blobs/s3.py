@@ -176,6 +176,8 @@ class S3BlobStore(BlobStore):
 
     async def get_file(self, key: str, path: Path) -> None:
         # boto3 downloads into a temporary name next to `path` and renames it when complete.
+        # Parent directories are created, as the local store does.
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         with _s3_errors(key):
             await asyncio.to_thread(
                 self._s3.download_file, self.bucket, key, str(path), Config=_TRANSFER

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +27,13 @@ from smap_stt.stt.audio import probe
 from smap_stt.stt.chunks import AudioChunk, iter_chunks
 from smap_stt.stt.models import resolve_model
 from smap_stt.stt.results import Chunk, Segment, Transcript
-from smap_stt.stt.windows import DecodeOptions, decode_windows, detect_language, speech_windows
+from smap_stt.stt.windows import (
+    Decoded,
+    DecodeOptions,
+    decode_windows,
+    detect_language,
+    speech_windows,
+)
 
 __all__ = ["Engine"]
 
@@ -38,22 +45,32 @@ T = TypeVar("T")
 _HEARTBEAT = 1.0
 # Until a model has been timed, assume it decodes this many seconds per second of audio.
 _FIRST_GUESS_RTF = 0.1
+# Chunks decoded or queued at once per call.
+_AHEAD = 2
 
 
 class Engine:
     """Loads Whisper models once per process and transcribes files with them.
 
     Thread-safe: the worker runs up to MAX_CONCURRENT_JOBS `transcribe` calls at once, each in
-    its own thread; each call uses `settings.threads_per_call` cores, so together they fill the
-    machine without oversubscribing it.
+    its own thread. The decoding itself runs on a pool of MAX_CONCURRENT_JOBS × threads per
+    call single-threaded CTranslate2 workers shared by all calls: on a CPU, two windows decoded
+    side by side on one core each go faster than one window on two cores, and a job running
+    alone gets every core while concurrent jobs share them, never more threads than cores.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._workers = settings.max_concurrent_jobs * settings.threads_per_call
         self._models: dict[str, WhisperModel] = {}
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._options = DecodeOptions(beam_size=settings.whisper_beam_size)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whisper")
+
+    def close(self) -> None:
+        """Stop the decoding threads once their current batch is done."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def load(self, model: str) -> WhisperModel:
         """The loaded model called `model`, loading it on first use.
@@ -74,14 +91,13 @@ class Engine:
         )
         logger.info("Loading Whisper model %s from %s", model, path)
         try:
-            # One CTranslate2 worker per concurrent job, or concurrent calls would queue
-            # behind one another; the weights are shared between workers.
+            # One single-threaded CTranslate2 worker per decoding thread; they share weights.
             return WhisperModel(
                 path,
                 device="cpu",
                 compute_type=settings.whisper_compute_type,
-                cpu_threads=settings.threads_per_call,
-                num_workers=settings.max_concurrent_jobs,
+                cpu_threads=1,
+                num_workers=self._workers,
                 download_root=str(settings.whisper_models_dir / ".hub"),
             )
         except (RuntimeError, ValueError, OSError) as exc:
@@ -103,20 +119,20 @@ class Engine:
 
         `language` None detects it (on the first speech, then kept for the whole file).
         Chunks in `done_chunks` (an earlier attempt's checkpoints) are not transcribed again;
-        every other chunk is passed to `on_chunk` once finished. `on_progress` gets the percent
-        of audio done (an estimate inside a chunk) at least every second or so; whatever it
-        raises (JobCancelled) stops the work and propagates at once.
+        every other chunk is passed to `on_chunk` once finished, in order. `on_progress` gets
+        the percent of audio done (estimated inside a chunk) at least every second or so;
+        whatever it raises (JobCancelled) stops the work and propagates at once.
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         whisper = self.load(model)
         duration = probe(path).duration
-        progress = _Progress(duration, on_progress)
+        job = _Job(model=model, whisper=whisper, language=language,
+                   progress=_Progress(duration, on_progress))
         done = {chunk.index: chunk for chunk in done_chunks}
-        job = _Job(language=language)
-        progress.report(_finished_prefix(done_chunks))
-        # The model runs in a helper thread so that this one can report progress (and so
-        # learn of a cancellation) while a batch of windows is being decoded.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        job.progress.report(_finished_prefix(done_chunks))
+        # Chunks in flight, oldest first: while one is decoded the next is already queued,
+        # so the decoding threads never wait for us; two chunks bound the memory.
+        flight: deque[_InFlight] = deque()
         try:
             for audio in iter_chunks(
                 path,
@@ -124,21 +140,22 @@ class Engine:
                 fixed_ends={index: chunk.end for index, chunk in done.items()},
             ):
                 finished = done.get(audio.index)
-                if finished is None:
-                    started = time.monotonic()
-                    future = pool.submit(self._transcribe_chunk, whisper, audio, job)
-                    finished = self._wait(future, progress, model, audio)
-                    self._learn_speed(model, time.monotonic() - started, audio)
-                    if on_chunk is not None:
-                        on_chunk(finished)
-                elif job.language is None and finished.segments and finished.language:
-                    job.language = finished.language
-                job.chunks.append(finished)
-                progress.report(audio.end_seconds)
+                if finished is not None:
+                    if job.language is None and finished.segments and finished.language:
+                        job.language = finished.language
+                    flight.append(_InFlight(audio=audio, chunk=finished))
+                else:
+                    flight.append(self._submit(job, audio))
+                while len(flight) > _AHEAD:
+                    self._finish(job, flight.popleft(), on_chunk)
+            while flight:
+                self._finish(job, flight.popleft(), on_chunk)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for waiting in flight:
+                for future in waiting.futures:
+                    future.cancel()
         segments = [segment for chunk in job.chunks for segment in chunk.segments]
-        progress.finish()
+        job.progress.finish()
         return Transcript(
             text=" ".join(segment.text for segment in segments),
             segments=segments,
@@ -147,39 +164,56 @@ class Engine:
             duration=max(duration, job.chunks[-1].end) if job.chunks else duration,
         )
 
-    def _transcribe_chunk(self, whisper: WhisperModel, audio: AudioChunk, job: _Job) -> Chunk:
+    def _submit(self, job: _Job, audio: AudioChunk) -> _InFlight:
+        """Queue the decoding of a chunk's speech, split between the decoding threads."""
         windows = speech_windows(audio.audio, seconds=self._options.window_seconds)
         if windows and job.language is None:
-            if whisper.model.is_multilingual:
-                job.language, job.language_probability = detect_language(whisper, windows[0])
+            if job.whisper.model.is_multilingual:
+                future = self._pool.submit(detect_language, job.whisper, windows[0])
+                job.language, job.language_probability = self._wait(job, [future], audio)[0]
             else:
                 job.language, job.language_probability = "en", 1.0
-        segments = []
-        if windows:
-            assert job.language is not None
-            for decoded in decode_windows(
-                whisper, windows, language=job.language, options=self._options
-            ):
-                for start, end, text in decoded.segments:
-                    segments.append(Segment(start=round(audio.start_seconds + start, 3),
-                                            end=round(audio.start_seconds + end, 3), text=text))
-        return Chunk(index=audio.index, start=audio.start_seconds, end=audio.end_seconds,
-                     segments=segments, language=job.language)
+        groups = min(len(windows), self._workers)
+        size = -(-len(windows) // groups) if groups else 0
+        futures = [
+            self._pool.submit(decode_windows, job.whisper, windows[first : first + size],
+                              language=job.language or "en", options=self._options)
+            for first in range(0, len(windows), size or 1)
+        ]
+        return _InFlight(audio=audio, futures=futures, started=time.monotonic())
 
-    def _wait(self, future: Future[T], progress: _Progress, model: str, audio: AudioChunk) -> T:
-        """The future's result; meanwhile, progress estimated from the model's measured speed."""
+    def _finish(
+        self, job: _Job, flight: _InFlight, on_chunk: Callable[[Chunk], None] | None
+    ) -> None:
+        audio, chunk = flight.audio, flight.chunk
+        if chunk is None:
+            segments = [
+                Segment(start=round(audio.start_seconds + start, 3),
+                        end=round(audio.start_seconds + end, 3), text=text)
+                for group in self._wait(job, flight.futures, audio)
+                for decoded in group
+                for start, end, text in decoded.segments
+            ]
+            chunk = Chunk(index=audio.index, start=audio.start_seconds, end=audio.end_seconds,
+                          segments=segments, language=job.language)
+            self._learn_speed(job.model, time.monotonic() - flight.started, audio)
+            if on_chunk is not None:
+                on_chunk(chunk)
+        job.chunks.append(chunk)
+        job.progress.report(audio.end_seconds)
+
+    def _wait(self, job: _Job, futures: Sequence[Future[T]], audio: AudioChunk) -> list[T]:
+        """The futures' results, in order; meanwhile, progress through `audio` estimated from
+        the model's measured speed, reported every `_HEARTBEAT` seconds."""
         started = time.monotonic()
-        expected = max(0.5, (audio.end_seconds - audio.start_seconds) * self._speed(model))
+        seconds = audio.end_seconds - audio.start_seconds
+        expected = max(0.5, seconds * self._rtf.get(job.model, _FIRST_GUESS_RTF))
         while True:
-            try:
-                return future.result(timeout=_HEARTBEAT)
-            except FutureTimeout:
-                share = min(0.95, (time.monotonic() - started) / expected)
-                progress.report(audio.start_seconds + share * (audio.end_seconds -
-                                                               audio.start_seconds))
-
-    def _speed(self, model: str) -> float:
-        return self._rtf.get(model, _FIRST_GUESS_RTF)
+            finished, _ = wait(futures, timeout=_HEARTBEAT)
+            if len(finished) == len(futures):
+                return [future.result() for future in futures]
+            share = min(0.95, (time.monotonic() - started) / expected)
+            job.progress.report(audio.start_seconds + share * seconds)
 
     def _learn_speed(self, model: str, elapsed: float, audio: AudioChunk) -> None:
         seconds = audio.end_seconds - audio.start_seconds
@@ -189,12 +223,27 @@ class Engine:
             self._rtf[model] = rtf if previous is None else 0.5 * (previous + rtf)
 
 
-class _Job:
-    """What one transcribe call accumulates."""
+@dataclass
+class _InFlight:
+    """A chunk being decoded (`futures`, one per group of windows) or already done (`chunk`)."""
 
-    def __init__(self, *, language: str | None) -> None:
+    audio: AudioChunk
+    futures: list[Future[list[Decoded]]] = field(default_factory=list)
+    chunk: Chunk | None = None
+    started: float = 0.0
+
+
+class _Job:
+    """What one transcribe call works with and accumulates."""
+
+    def __init__(
+        self, *, model: str, whisper: WhisperModel, language: str | None, progress: _Progress
+    ) -> None:
+        self.model = model
+        self.whisper = whisper
         self.language = language
         self.language_probability: float | None = None
+        self.progress = progress
         self.chunks: list[Chunk] = []
 
 

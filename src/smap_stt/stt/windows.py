@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
@@ -228,6 +229,15 @@ def _features(whisper: WhisperModel, windows: Sequence[Window]) -> np.ndarray:
     ])
 
 
+def _encode(whisper: WhisperModel, windows: Sequence[Window]) -> ctranslate2.StorageView:
+    """The encoder output of a batch, computed one window at a time: batching the encoder
+    gains little on a CPU, and its attention costs ~90 MB per window in the batch."""
+    if len(windows) == 1:
+        return whisper.encode(_features(whisper, windows))
+    outputs = [np.asarray(whisper.encode(_features(whisper, [window]))) for window in windows]
+    return ctranslate2.StorageView.from_array(np.concatenate(outputs))
+
+
 def _generate(
     whisper: WhisperModel, windows: Sequence[Window], tokenizer: Tokenizer, options: DecodeOptions
 ) -> list[_Outcome]:
@@ -236,7 +246,7 @@ def _generate(
     outcomes: list[_Outcome] = []
     for first in range(0, len(windows), options.batch_size):
         batch = windows[first : first + options.batch_size]
-        encoded = whisper.encode(_features(whisper, batch))
+        encoded = _encode(whisper, batch)
         results = whisper.model.generate(
             encoded,
             [prompt] * len(batch),
@@ -263,7 +273,7 @@ def _generate(
 def _align(
     whisper: WhisperModel,
     tokenizer: Tokenizer,
-    encoded: object,
+    encoded: ctranslate2.StorageView,
     tokens: list[list[int]],
     frames: list[int],
 ) -> list[list[_Word]]:
