@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "FIXTURES",
     "FORMATS",
+    "ROOT",
     "TEST_DATA",
     "cached_silence",
     "cached_speech",
@@ -228,9 +229,12 @@ def wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(ref, hyp or "<empty>"))
 
 
-def long_speech(*, fmt: str = "mp3", speed: int = 150) -> tuple[str, Path]:
+def long_speech(
+    *, fmt: str = "mp3", speed: int = 150, voice: str = "en-us"
+) -> tuple[str, Path]:
     """About ten minutes of speech: every paragraph of fixtures/long.txt, with pauses between.
 
     Returns the text spoken and the file."""
     texts = paragraphs("long")
-    return " ".join(texts), cached_speech_paragraphs(texts, fmt=fmt, speed=speed)
+    path = cached_speech_paragraphs(texts, fmt=fmt, speed=speed, voice=voice)
+    return " ".join(texts), path

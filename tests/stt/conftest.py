@@ -1,5 +1,6 @@
 """Fixtures for the speech-to-text tests: generated clips (cached in .test-data/) and a real
-engine on the bundled model, shared by the whole session because loading costs ~1 s."""
+engine on the bundled model (`models_dir` comes from the top-level conftest), shared by the
+whole session because loading costs ~1 s."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import pytest
 
 from smap_stt.config import Settings
 from smap_stt.stt.engine import Engine
-from smap_stt.stt.models import ensure_bundled_model
 from tests.speech import (
-    TEST_DATA,
     cached_silence,
     cached_speech,
     cached_speech_paragraphs,
@@ -25,14 +24,6 @@ from tests.speech import (
 class Clip:
     text: str
     path: Path
-
-
-@pytest.fixture(scope="session")
-def models_dir() -> Path:
-    """A models directory with the bundled model assembled (reused between runs)."""
-    directory = TEST_DATA / "models"
-    ensure_bundled_model(directory)
-    return directory
 
 
 def make_settings(models_dir: Path, **overrides: object) -> Settings:

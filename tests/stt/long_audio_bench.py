@@ -18,14 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from tests.speech import TEST_DATA, long_speech, wer
+from tests.speech import ROOT, long_speech, wer
 
 MODES = ("bare", "bare2", "batched", "engine")
 
 
-def run_one(mode: str, threads: int) -> dict[str, float | str]:
-    text, path = long_speech()
-    models_dir = TEST_DATA / "models"
+def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
+    text, path = long_speech(voice=voice)
+    models_dir = ROOT / "models"  # WHISPER_MODELS_DIR's default, shared with the test suite
     from smap_stt.stt.models import ensure_bundled_model
 
     model_path = str(ensure_bundled_model(models_dir))
@@ -78,18 +78,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", default="bare,engine")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--voice", default="en-us", help="espeak-ng voice, e.g. en-gb")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.threads)))
+        print(json.dumps(run_one(args.one, args.threads, args.voice)))
         return
-    long_speech()  # generate once, outside the timed runs
+    long_speech(voice=args.voice)  # generate once, outside the timed runs
     results: dict[str, list[dict[str, float | str]]] = {}
     for _ in range(args.runs):
         for mode in args.modes.split(","):
             out = subprocess.run(
                 [sys.executable, "-m", "tests.stt.long_audio_bench", "--one", mode,
-                 "--threads", str(args.threads)],
+                 "--threads", str(args.threads), "--voice", args.voice],
                 check=True, capture_output=True, text=True, cwd=Path(__file__).parents[2],
             ).stdout
             result = json.loads(out.strip().splitlines()[-1])

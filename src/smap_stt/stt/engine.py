@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # on_progress is called at least this often (seconds) while a chunk is being decoded.
-_HEARTBEAT = 1.0
+_HEARTBEAT = 0.5
 # Until a model has been timed, assume it decodes this many seconds per second of audio.
-_FIRST_GUESS_RTF = 0.1
+_FIRST_GUESS_RTF = 0.05
 # Chunks decoded or queued at once per call.
 _AHEAD = 2
 
@@ -180,6 +180,7 @@ class Engine:
                               language=job.language or "en", options=self._options)
             for first in range(0, len(windows), size or 1)
         ]
+        job.progress.report(audio.start_seconds)  # a sign of life between heartbeats
         return _InFlight(audio=audio, futures=futures, started=time.monotonic())
 
     def _finish(

@@ -8,11 +8,12 @@ wrong window primes the next one with wrong text.
 
 Here instead:
 - Silero VAD finds the speech, which is packed into windows of at most 30 s made of whole
-  speech regions (never a cut word), as faster-whisper's BatchedInferencePipeline does;
+  speech regions (never a cut word), much as faster-whisper's BatchedInferencePipeline does;
 - every window is decoded on its own (no previous text) by beam search only, without timestamp
   tokens: the result is the same on every run, and batching windows is what makes it fast on
-  a CPU. (With timestamp tokens, the model often closes a segment and stops a few seconds
-  before the end of a full window; the pipeline silently drops that speech.)
+  a CPU. (With timestamp tokens the model often closes a segment and stops a few seconds
+  before the end of a full window, and BatchedInferencePipeline drops that speech: WER 0.19
+  instead of 0.07 on our ten-minute test clip.)
 - segment times come from aligning the words to the audio (cross-attention + DTW in
   CTranslate2, one decoder pass), and segments are cut at sentence ends and pauses;
 - each result is checked, not trusted: speech left after the last aligned word is decoded
@@ -56,6 +57,10 @@ _LOW_LOGPROB = -1.0
 _MIN_SPLIT = 4 * SAMPLE_RATE
 # Rounds of re-decoding (tails, halves) after the first, so the work stays bounded.
 _MAX_RETRIES = 2
+
+# Speech regions end at pauses this long (ms), and keep this much (ms) of silence each side.
+_MIN_SILENCE_MS = 500
+_SPEECH_PAD_MS = 400
 
 # Segments end after a sentence, at a pause, or once long enough at a clause.
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
@@ -147,10 +152,12 @@ class Decoded:
 def speech_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
     """The speech in `audio` (16 kHz mono) packed into windows of at most `seconds`, in order.
 
-    VAD as BatchedInferencePipeline configures it: regions no longer than a window, split at
-    pauses of 160 ms, padded by 400 ms on each side.
+    VAD regions are no longer than a window, split at pauses of half a second (splitting at
+    every comma-length pause, as BatchedInferencePipeline does, measured slightly worse), and
+    padded by 400 ms on each side.
     """
-    vad = VadOptions(max_speech_duration_s=seconds, min_silence_duration_ms=160)
+    vad = VadOptions(max_speech_duration_s=seconds, min_silence_duration_ms=_MIN_SILENCE_MS,
+                     speech_pad_ms=_SPEECH_PAD_MS)
     limit = round(seconds * SAMPLE_RATE)
     windows: list[Window] = []
     current: list[tuple[int, int]] = []

@@ -36,7 +36,7 @@ from smap_stt.stt.results import Chunk, Transcript
 log = logging.getLogger(__name__)
 
 PERMANENT_ERRORS = (AudioError, ModelNotFound, ModelCorrupt, BlobNotFound)
-HEARTBEAT_TICK = 1.0
+HEARTBEAT_TICK = 0.5
 HEARTBEAT_EVERY = 3.0
 
 
