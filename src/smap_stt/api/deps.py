@@ -10,12 +10,13 @@ from smap_stt.backends import Backends
 from smap_stt.config import Settings
 
 
-def _settings(request: Request) -> Settings:
+# Async on purpose: FastAPI runs plain functions in its thread pool, a hop per request.
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _backends(request: Request) -> Backends:
+async def _backends(request: Request) -> Backends:
     backends: Backends = request.app.state.backends
     return backends
 

@@ -88,7 +88,7 @@ class _FormCollector:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
-            self.pending.extend(data[start:end])
+            self.pending += memoryview(data)[start:end]
             self.file_size += end - start
         else:
             self._value.extend(data[start:end])
@@ -100,8 +100,13 @@ class _FormCollector:
             self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
 
 
-def _append(path: Path, data: bytes) -> None:
-    with path.open("ab") as spool:
+def _append(path: Path, data: bytes | bytearray) -> None:
+    try:
+        spool = path.open("ab")
+    except FileNotFoundError:  # the spool directory is made on first use (or if removed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spool = path.open("ab")
+    with spool:
         spool.write(data)
 
 
@@ -120,13 +125,11 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise too_large
 
-    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
     spool = spool_dir / f"upload-{uuid.uuid4().hex}.part"
     collector = _FormCollector(spool)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
-        await asyncio.to_thread(spool.touch)
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes + FORM_OVERHEAD:
@@ -135,11 +138,11 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
             if collector.file_size > max_bytes:
                 raise too_large
             if len(collector.pending) >= FLUSH_BYTES:
-                data, collector.pending = bytes(collector.pending), bytearray()
+                data, collector.pending = collector.pending, bytearray()
                 await asyncio.to_thread(_append, spool, data)
         parser.finalize()
-        if collector.pending:
-            await asyncio.to_thread(_append, spool, bytes(collector.pending))
+        if collector.pending or not collector.file_size:
+            await asyncio.to_thread(_append, spool, collector.pending)
         if not collector.saw_file:
             raise InvalidRequest("the form has no 'file' field: send the audio as file=@...")
         if collector.file_size == 0:
@@ -147,16 +150,16 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
         return Upload(filename=clean_filename(collector.filename or ""), path=spool,
                       size=collector.file_size, fields=collector.fields)
     except MultipartParseError as exc:
-        await asyncio.to_thread(_unlink, spool)
+        await asyncio.to_thread(unlink_spool, spool)
         raise InvalidRequest(f"malformed multipart body: {exc}", status_code=400) from None
     except ClientDisconnect:
-        await asyncio.to_thread(_unlink, spool)
+        await asyncio.to_thread(unlink_spool, spool)
         raise InvalidRequest("the client disconnected before the upload finished", 400) from None
     except BaseException:
-        await asyncio.to_thread(_unlink, spool)
+        await asyncio.to_thread(unlink_spool, spool)
         raise
 
 
-def _unlink(path: Path) -> None:
+def unlink_spool(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

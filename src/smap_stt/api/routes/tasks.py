@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -22,7 +21,7 @@ from smap_stt.api.schemas import (
     UploadDetails,
     UploadResponse,
 )
-from smap_stt.api.upload import receive_upload
+from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.jobs import JobStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -62,9 +61,8 @@ async def upload(request: Request, settings: SettingsDep,
                                     max_bytes=settings.max_upload_bytes)
     try:
         job = await service.submit(settings, backends, received)
-    finally:
-        if received.path.exists():
-            await asyncio.to_thread(os.unlink, received.path)
+    finally:  # stored by now (moved or copied), or refused: the spool file goes either way
+        await asyncio.to_thread(unlink_spool, received.path)
     message = "Task created and queued for processing"
     if not job.published:
         message = "Task created; the queue is unavailable, it will be queued as soon as it is back"
