@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     whisper_beam_size: int = Field(5, ge=1, description="Beam size.")
     whisper_compute_type: str = Field("int8", description="CTranslate2 compute type.")
     whisper_cpu_threads: int = Field(
-        0, ge=0, description="Threads per transcription call (0: cores / MAX_CONCURRENT_JOBS)."
+        0, ge=0, description="Cores per job: a worker decodes with MAX_CONCURRENT_JOBS × this "
+        "many single-threaded decoders, shared by its jobs, so a job alone uses them all "
+        "(0: cores / MAX_CONCURRENT_JOBS).",
     )
     whisper_chunk_seconds: float = Field(
         120, ge=10, description="Audio per checkpointed chunk of a long file."
