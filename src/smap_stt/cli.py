@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -143,10 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
+    buffers stay spread over them and memory grows with file length (measured: a 1 hour clip
+    peaked 133 MB above a 10 minute one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2,
+    which wins when set."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+
+
 def main(argv: list[str] | None = None) -> None:
     from smap_stt.errors import SttError
 
     args = build_parser().parse_args(argv)
+    _limit_malloc_arenas()
     settings = Settings()
     setup_logging(settings)
     try:
