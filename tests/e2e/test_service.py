@@ -227,3 +227,16 @@ def test_audio_that_breaks_off_is_transcribed_as_far_as_it_goes(
         result = client.get(f"/api/v1/tasks/{job_id}/result").json()
     assert status["status"] == "COMPLETED", status
     assert wer(english[0], result["transcription"]) <= 0.2
+
+
+def test_language_auto_is_detected(service: ServiceFactory, short_clip: Clip) -> None:
+    svc = service()
+    svc.start("serve")
+    with svc.client() as client:
+        job_id = upload(client, short_clip.path, language="auto")
+        status = wait_final(client, job_id)
+        result = client.get(f"/api/v1/tasks/{job_id}/result").json()
+    assert status["status"] == "COMPLETED"
+    assert status["language"] == "auto"
+    assert result["detected_language"] == "en"
+    assert wer(short_clip.text, result["transcription"]) <= 0.15
