@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     )
     job_timeout: int = Field(3600, ge=1, description="Seconds a job may run before it FAILS.")
     max_upload_size_mb: int = Field(500, ge=1, description="Largest accepted upload, in MB.")
+    upload_idle_timeout: float = Field(
+        60, gt=0, description="Seconds an upload may send nothing before it is refused (408) "
+        "and its spool file removed.",
+    )
     temp_dir: Path = Field(Path("data/tmp"), description="Spool directory for uploads/audio.")
     default_language: str = Field("vi", description="Language when the upload names none.")
     min_audio_seconds: float = Field(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +40,8 @@ async def parse_request(settings: Settings, backends: Backends,
         if model not in models:
             raise InvalidRequest(f"unknown model {model!r}; available: {', '.join(models)}")
     raw_priority = fields.get("priority") or "5"
-    try:
-        priority = int(raw_priority)
-    except ValueError:
-        priority = -1
+    # ASCII digits only: int() would also take "٣", "1_0" and "+5".
+    priority = int(raw_priority) if re.fullmatch(r"[0-9]{1,2}", raw_priority) else -1
     if not 0 <= priority <= 10:
         raise InvalidRequest(f"priority must be a whole number from 0 to 10, not {raw_priority!r}")
     return JobRequest(language=code or "auto", model=model, priority=priority)
@@ -89,7 +88,9 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
 async def load_result(backends: Backends, job: Job) -> dict[str, Any] | None:
     if job.result_key is None:
         return None
-    data: dict[str, Any] = json.loads(await backends.blobs.get_bytes(job.result_key))
+    raw = await backends.blobs.get_bytes(job.result_key)
+    # Off the event loop: the transcript of hours of audio is megabytes of JSON.
+    data: dict[str, Any] = await asyncio.to_thread(json.loads, raw)
     return data
 
 

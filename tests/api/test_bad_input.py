@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +17,15 @@ from tests.procs import Service, base_env, free_port
 from tests.speech import cached_speech, paragraphs
 
 LIMIT_MB = 2
+IDLE_TIMEOUT = 3
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("bad-input")
     port = free_port()
-    service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=LIMIT_MB), data_dir,
-                      port)
+    service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=LIMIT_MB,
+                               UPLOAD_IDLE_TIMEOUT=IDLE_TIMEOUT), data_dir, port)
     service.start("serve")
     yield service
     service.stop_all()
@@ -170,3 +172,173 @@ def test_bad_list_query_is_422(client: httpx.Client) -> None:
 def test_refused_uploads_create_no_jobs(client: httpx.Client) -> None:
     jobs = client.get("/api/v1/tasks", params={"limit": 100}).json()["jobs"]
     assert all("passwd" in job["filename"] for job in jobs), jobs
+
+
+# --- hand-made hostile multipart bodies ---------------------------------------------------------
+
+FILE_PART = b'Content-Disposition: form-data; name="file"; filename="a.wav"'
+
+
+def _multipart(parts: list[tuple[bytes, bytes]], boundary: str = "bnd") -> bytes:
+    body = b"".join(f"--{boundary}\r\n".encode() + headers + b"\r\n\r\n" + data + b"\r\n"
+                    for headers, data in parts)
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def _post_raw(client: httpx.Client, body: bytes,
+              content_type: str = "multipart/form-data; boundary=bnd") -> httpx.Response:
+    return client.post("/api/v1/tasks/upload", content=body,
+                       headers={"content-type": content_type})
+
+
+def _field(name: str) -> bytes:
+    return f'Content-Disposition: form-data; name="{name}"'.encode()
+
+
+def _spool_files(svc: Service) -> list[Path]:
+    return [p for p in (svc.data_dir / "tmp" / "uploads").rglob("*") if p.is_file()]
+
+
+def _wait_spool_empty(svc: Service, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _spool_files(svc) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _spool_files(svc) == []
+
+
+def test_thousands_of_form_parts_are_refused(client: httpx.Client) -> None:
+    parts = [(_field(f"x{i}"), b"v") for i in range(20_000)]
+    _assert_error(_post_raw(client, _multipart([*parts, (FILE_PART, b"abc")])), 422, "parts")
+
+
+def test_giant_text_field_is_refused(client: httpx.Client) -> None:
+    body = _multipart([(_field("language"), b"e" * 1_000_000), (FILE_PART, b"abc")])
+    _assert_error(_post_raw(client, body), 422, "language", "too long")
+
+
+def test_second_file_field_is_refused(client: httpx.Client) -> None:
+    body = _multipart([(FILE_PART, b"abc"), (FILE_PART, b"def")])
+    _assert_error(_post_raw(client, body), 422, "more than one")
+
+
+@pytest.mark.parametrize("content_type", [
+    "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; charset=utf-8",
+])
+def test_multipart_without_boundary_is_415(client: httpx.Client, content_type: str) -> None:
+    _assert_error(_post_raw(client, _multipart([(FILE_PART, b"abc")]), content_type), 415,
+                  "boundary")
+
+
+def test_overlong_boundary_is_400(client: httpx.Client) -> None:
+    boundary = "b" * 10_000  # was a 500: python-multipart refuses more than 256 in its constructor
+    body = _multipart([(FILE_PART, b"abc")], boundary)
+    _assert_error(_post_raw(client, body, f"multipart/form-data; boundary={boundary}"), 400,
+                  "boundary")
+
+
+def test_body_without_closing_boundary_is_400(client: httpx.Client) -> None:
+    for body in (b"", b"--bnd\r\n" + FILE_PART + b"\r\n\r\n", b"--bnd\r\n" + FILE_PART +
+                 b"\r\n\r\nRIFF....WAVE"):
+        _assert_error(_post_raw(client, body), 400, "closing boundary")
+
+
+def test_header_only_part_is_an_empty_file(client: httpx.Client) -> None:
+    _assert_error(_post_raw(client, _multipart([(FILE_PART, b"")])), 422, "empty")
+
+
+def test_priority_must_be_ascii_digits(client: httpx.Client) -> None:
+    wav = cached_speech(paragraphs("english")[0]).read_bytes()
+    for priority in ("\u0663", "1_0", "+5", " "):  # int() takes the first three
+        response = _post(client, "ok.wav", wav, priority=priority)
+        if priority.strip():
+            _assert_error(response, 422, "priority")
+        else:  # blank means the default
+            assert response.status_code == 201, response.text
+            client.post(f"/api/v1/tasks/{response.json()['job_id']}/cancel")
+
+
+def test_long_boundary_and_unusual_filenames_are_accepted(client: httpx.Client) -> None:
+    wav = cached_speech(paragraphs("english")[0]).read_bytes()
+    boundary = "b" * 200  # over RFC 2046's 70, within what the parser handles
+    for filename, expected in [("Bản ghi âm 会议 🎙.wav", "Bản ghi âm 会议 🎙.wav"),
+                               ("x" * 1000 + ".wav", "x" * 255), ("...", "..."),
+                               ("", "upload")]:
+        disposition = f'Content-Disposition: form-data; name="file"; filename="{filename}"'
+        body = _multipart([(disposition.encode(), wav), (_field("language"), b"en")], boundary)
+        response = _post_raw(client, body, f"multipart/form-data; boundary={boundary}")
+        assert response.status_code == 201, response.text
+        assert response.json()["details"]["filename"] == expected
+        client.post(f"/api/v1/tasks/{response.json()['job_id']}/cancel")
+
+
+def _open_upload(svc: Service, sent: int) -> socket.socket:
+    """Start an upload that declares more than it sends, having sent `sent` bytes of file."""
+    sock = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
+    head = b"--bnd\r\n" + FILE_PART + b"\r\n\r\n"
+    sock.sendall(b"POST /api/v1/tasks/upload HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: multipart/form-data; boundary=bnd\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (LIMIT_MB * 1024 * 1024) + head)
+    for _ in range(sent // 100_000):
+        sock.sendall(b"\0" * 100_000)
+    return sock
+
+
+def test_client_that_disconnects_mid_upload_leaves_no_spool_file(client: httpx.Client,
+                                                                  svc: Service) -> None:
+    sock = _open_upload(svc, 1_200_000)  # past the first flush to disk
+    deadline = time.monotonic() + 10
+    while not _spool_files(svc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _spool_files(svc), "the upload never reached the spool"
+    sock.close()
+    _wait_spool_empty(svc)
+
+
+def test_stalled_upload_is_408_and_leaves_no_spool_file(client: httpx.Client,
+                                                        svc: Service) -> None:
+    with _open_upload(svc, 1_200_000) as sock:
+        started = time.monotonic()
+        reply = sock.recv(4096)  # the server answers on its own, without the rest of the body
+        waited = time.monotonic() - started
+    assert b" 408 " in reply.split(b"\r\n", 1)[0], reply
+    assert b"sent nothing" in reply
+    assert IDLE_TIMEOUT - 1 <= waited < IDLE_TIMEOUT + 15
+    _wait_spool_empty(svc)
+
+
+# --- paths, queries and methods ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("job_id", ["a%2Fb", "..%2F..%2Fetc", "%00", "%ff", "x" * 100])
+def test_odd_job_ids_are_404(client: httpx.Client, job_id: str) -> None:
+    for method, path in [("GET", f"{job_id}/status"), ("GET", f"{job_id}/result"),
+                         ("GET", f"{job_id}/download"), ("POST", f"{job_id}/cancel"),
+                         ("DELETE", job_id)]:
+        response = client.request(method, f"/api/v1/tasks/{path}")
+        _assert_error(response, 404)
+
+
+@pytest.mark.parametrize("length", [101, 10_000])
+def test_overlong_job_ids_are_422(client: httpx.Client, length: int) -> None:
+    _assert_error(client.get(f"/api/v1/tasks/{'x' * length}/status"), 422, "job_id")
+
+
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "-1"}, {"limit": ""},
+                                    {"limit": "1e2"}, {"status": ""}, {"status": "pending"}])
+def test_odd_list_queries_are_422(client: httpx.Client, params: dict[str, str]) -> None:
+    _assert_error(client.get("/api/v1/tasks", params=params), 422, next(iter(params)))
+
+
+@pytest.mark.parametrize(("path", "allowed"), [
+    ("/api/v1/tasks", "GET"), ("/api/v1/tasks/upload", "POST"), ("/api/v1/tasks/health", "GET"),
+    ("/api/v1/tasks/x/status", "GET"), ("/api/v1/tasks/x/cancel", "POST"),
+    ("/api/v1/tasks/x", "DELETE"),
+])
+def test_unsupported_methods_are_405_with_allow(client: httpx.Client, path: str,
+                                                allowed: str) -> None:
+    for method in ("HEAD", "PUT", "PATCH", "OPTIONS", "TRACE"):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["allow"] == allowed  # was dropped by the error handler
+        if method != "HEAD":
+            _assert_error(response, 405, "method not allowed")

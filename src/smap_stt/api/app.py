@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -24,8 +24,10 @@ from smap_stt.worker.runner import Worker, recovery_loop, requeue_after_restart
 log = logging.getLogger(__name__)
 
 
-def _error(status_code: int, detail: str) -> JSONResponse:
-    return JSONResponse({"status": "error", "detail": detail}, status_code=status_code)
+def _error(status_code: int, detail: str,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "detail": detail}, status_code=status_code,
+                        headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -55,7 +57,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        # Keep the exception's headers: a 405 must say which methods are allowed (`Allow`).
+        return _error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -69,7 +72,7 @@ def create_app(settings: Settings, backends: Backends, *, worker: Worker | None 
         await backends.open()
         background: asyncio.Task[None] | None = None
         if worker is not None:
-            await requeue_after_restart(backends.store)
+            await requeue_after_restart(backends.store, max_attempts=settings.max_attempts)
             await worker.start()
         else:
             background = asyncio.create_task(recovery_loop(settings, backends))

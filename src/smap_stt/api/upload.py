@@ -11,15 +11,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from smap_stt.errors import InvalidRequest
 
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 4096
+MAX_PART_HEADERS = 16
+MAX_PARTS = 16  # the file and a few small fields (language, model, priority)
 FORM_OVERHEAD = 64 * 1024  # room for boundaries and the small text fields beside the file
+MAX_BOUNDARY = 256  # python-multipart's limit; RFC 2046 allows 70
 
 
 @dataclass
@@ -56,12 +59,13 @@ class _FormCollector:
         self._is_file = False
         self._value = bytearray()
         self.saw_file = False
+        self.parts = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_field": lambda d, s, e: self._header_data(self._header_field, d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_data(self._header_value, d[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
@@ -69,10 +73,22 @@ class _FormCollector:
         }
 
     def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:  # each part costs memory (its fields), so they are bounded
+            raise InvalidRequest(f"the form has more than {MAX_PARTS} parts; send the file and "
+                                 "the language, model and priority fields only")
         self._headers, self._name, self._is_file = {}, None, False
         self._value = bytearray()
 
+    def _header_data(self, into: bytearray, data: bytes) -> None:
+        # Bounded here too: older python-multipart releases keep no limit on part headers.
+        into.extend(data)
+        if len(into) > MAX_FIELD_BYTES:
+            raise InvalidRequest("a part header of the form is too long", status_code=400)
+
     def _header_end(self) -> None:
+        if len(self._headers) >= MAX_PART_HEADERS:
+            raise InvalidRequest("a part of the form has too many headers", status_code=400)
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field, self._header_value = bytearray(), bytearray()
 
@@ -110,14 +126,20 @@ def _append(path: Path, data: bytes | bytearray) -> None:
         spool.write(data)
 
 
-async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -> Upload:
-    """Parse a multipart upload into a spool file. Raises InvalidRequest (400/413/415/422);
-    on any error nothing is left on disk."""
+async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int,
+                         idle_timeout: float = 60) -> Upload:
+    """Parse a multipart upload into a spool file. Raises InvalidRequest (400/408/413/415/422);
+    on any error nothing is left on disk. A client that stops sending for `idle_timeout`
+    seconds is refused (408), so a stalled upload cannot hold a spool file forever."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or b"boundary" not in options:
+    boundary = options.get(b"boundary", b"")
+    if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest(
-            "send the audio as multipart/form-data with the file in a field named 'file'",
-            status_code=415)
+            "send the audio as multipart/form-data (with its boundary) and the file in a field "
+            "named 'file'", status_code=415)
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequest(f"the multipart boundary is longer than {MAX_BOUNDARY} characters",
+                             status_code=400)
     limit_mb = max_bytes // (1024 * 1024)
     too_large = InvalidRequest(
         f"the file is larger than the limit of {limit_mb} MB (MAX_UPLOAD_SIZE_MB)", 413)
@@ -127,10 +149,19 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
 
     spool = spool_dir / f"upload-{uuid.uuid4().hex}.part"
     collector = _FormCollector(spool)
-    parser = MultipartParser(options[b"boundary"], collector.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
+    chunks = request.stream()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise InvalidRequest(f"the upload sent nothing for {idle_timeout:g} s; "
+                                     "send the body without pauses", status_code=408) from None
             received += len(chunk)
             if received > max_bytes + FORM_OVERHEAD:
                 raise too_large
@@ -141,6 +172,9 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
                 data, collector.pending = collector.pending, bytearray()
                 await asyncio.to_thread(_append, spool, data)
         parser.finalize()
+        if parser.state != MultipartState.END:
+            raise InvalidRequest("malformed multipart body: it ends before its closing boundary",
+                                 status_code=400)
         if collector.pending or not collector.file_size:
             await asyncio.to_thread(_append, spool, collector.pending)
         if not collector.saw_file:
@@ -149,7 +183,7 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int) -
             raise InvalidRequest("the uploaded file is empty", status_code=422)
         return Upload(filename=clean_filename(collector.filename or ""), path=spool,
                       size=collector.file_size, fields=collector.fields)
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # the body does not parse (also: too many part headers)
         await asyncio.to_thread(unlink_spool, spool)
         raise InvalidRequest(f"malformed multipart body: {exc}", status_code=400) from None
     except ClientDisconnect:

@@ -17,30 +17,43 @@ log = logging.getLogger(__name__)
 
 
 class _EmbeddedDelivery(Delivery):
+    """Frees its consumer slot exactly once, like a broker settles a message once: a job that
+    acked early (long jobs do) and then fails or is handed back must not free it again, or the
+    worker would run more jobs at once than MAX_CONCURRENT_JOBS."""
+
     def __init__(self, queue: EmbeddedQueue, item: tuple[int, int, bytes, int | None]) -> None:
         self._queue = queue
         self._item = item
+        self._settled = False
         self.body = item[2]
         self.redelivered = False
         self.retry_of = item[3]
 
+    def _settle(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._queue._settled()
+
     async def ack(self) -> None:
-        self._queue._settled()
+        self._settle()
 
     async def retry_later(self, delay: float, *, attempt: int) -> None:
-        self._queue._settled()
+        self._settle()
         priority, _, body, _ = self._item
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, self._queue._put, priority, body, attempt)
+        loop.call_later(delay, self._queue._put, -priority, body, attempt)
 
     async def dead_letter(self, reason: str) -> None:
-        self._queue._settled()
-        log.warning("dropped message %r: %s", self.body[:200], reason)
+        if not self._settled:
+            log.warning("dropped message %r: %s", self.body[:200], reason)
+        self._settle()
 
     async def hand_back(self) -> None:
-        self._queue._settled()
+        # After an early ack the message is gone, so a hand-back puts in a new one (as the
+        # RabbitMQ queue publishes a new one).
+        self._settle()
         priority, _, body, retry_of = self._item
-        self._queue._put(priority, body, retry_of)
+        self._queue._put(-priority, body, retry_of)
 
 
 class EmbeddedQueue(JobQueue):

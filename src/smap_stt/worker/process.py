@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 PERMANENT_ERRORS = (AudioError, ModelNotFound, ModelCorrupt, BlobNotFound)
 HEARTBEAT_TICK = 0.5
 HEARTBEAT_EVERY = 3.0
+CHECKPOINT_TIMEOUT = 60.0
+HAND_BACK_PAUSE = 2.0  # before handing a message back while the store is down: no busy loop
 
 
 @dataclass
@@ -62,8 +65,34 @@ async def handle_delivery(ctx: WorkerContext, delivery: Delivery) -> None:
     token = current_job.set(message.job_id)
     try:
         await _handle(ctx, delivery, message.job_id)
+    except JobNotFound:  # deleted between reading and claiming it
+        log.warning("dead-lettered a message for a job that was deleted")
+        await delivery.dead_letter("unknown job")
+    except BackendUnavailable as exc:
+        # The store failed between reading the job and starting (or settling) an attempt.
+        log.warning("store unavailable (%s); handing the message back", exc)
+        await asyncio.sleep(HAND_BACK_PAUSE)
+        await _hand_back_message(delivery)
+    except Exception as exc:
+        # A bug or a corrupt record: never leave the message unsettled (its consumer slot would
+        # be lost for good) and never retry it blindly; the job ends FAILED with the reason.
+        log.exception("unexpected error outside an attempt")
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        try:
+            await ctx.backends.store.fail(message.job_id, reason)
+        except Exception as store_exc:
+            log.warning("could not record the failure (%s)", store_exc)
+        await delivery.dead_letter(reason)
     finally:
         current_job.reset(token)
+
+
+async def _hand_back_message(delivery: Delivery) -> None:
+    try:
+        await delivery.hand_back()
+    except BackendUnavailable as exc:
+        log.warning("could not hand the message back (%s); the recovery loop will republish "
+                    "the job", exc)
 
 
 async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
@@ -73,11 +102,6 @@ async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
     except JobNotFound:
         log.warning("dead-lettered a message for an unknown job")
         await delivery.dead_letter("unknown job")
-        return
-    except BackendUnavailable as exc:
-        log.warning("cannot read the job (%s); handing the message back", exc)
-        await asyncio.sleep(2)
-        await delivery.hand_back()
         return
 
     if job.status.final:
@@ -204,7 +228,13 @@ class _Control:
         store = self._ctx.backends.store
         future = asyncio.run_coroutine_threadsafe(
             store.save_chunk(self._job.id, chunk.index, chunk.to_dict()), self._loop)
-        future.result(timeout=60)
+        try:
+            future.result(timeout=CHECKPOINT_TIMEOUT)
+        except TimeoutError:
+            # A slow store is worth a retry; a bare TimeoutError would read as JOB_TIMEOUT.
+            future.cancel()
+            raise BackendUnavailable(
+                store.name, f"a checkpoint was not saved within {CHECKPOINT_TIMEOUT:g} s") from None
 
 
 async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: Delivery) -> None:
@@ -250,7 +280,7 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
     store, blobs, settings = ctx.backends.store, ctx.backends.blobs, ctx.settings
     started = time.monotonic()
     workdir = settings.temp_dir / f"job-{job.id}-{job.attempts}"
-    workdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     control = _Control(ctx, job, asyncio.get_running_loop())
     heartbeat = asyncio.create_task(_heartbeat(ctx, job, control, delivery))
     try:
@@ -288,8 +318,9 @@ async def _store_result(ctx: WorkerContext, job: Job, transcript: Transcript,
         "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
                      for s in transcript.segments],
     }
-    await blobs.put_bytes(key, json.dumps(document, ensure_ascii=False).encode(),
-                          content_type="application/json")
+    # Off the event loop: hours of audio make megabytes of JSON.
+    data = await asyncio.to_thread(_encode, document)
+    await blobs.put_bytes(key, data, content_type="application/json")
     completed = await store.complete(
         job,
         transcription=transcript.text,
@@ -303,6 +334,10 @@ async def _store_result(ctx: WorkerContext, job: Job, transcript: Transcript,
     await store.delete_chunks(job.id)
     log.info("completed: %.1f s of audio in %.1f s (%d segments)", transcript.duration, elapsed,
              len(transcript.segments))
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False).encode()
 
 
 async def handle_dead_event(ctx: WorkerContext, delivery: Delivery, reason: str) -> None:

@@ -103,6 +103,12 @@ async def recover_once(settings: Settings, backends: Backends) -> None:
         await store.mark_published(job.id)
         log.info("published job %s from the outbox", job.id)
     for job in await store.stale(older_than=timedelta(seconds=settings.stale_after)):
+        if job.attempts >= settings.max_attempts:  # released, it would run once more, forever
+            reason = (f"gave up after {job.attempts} attempts: the last one stopped sending "
+                      "heartbeats")
+            if await store.fail(job.id, reason, attempt=job.attempts):
+                log.error("job %s failed: %s", job.id, reason)
+            continue
         if await store.release(job, error=f"attempt {job.attempts} stopped sending heartbeats"):
             await queue.publish(JobMessage.for_job(job), priority=job.priority)
             log.warning("job %s: attempt %d went silent; handed to another worker", job.id,
@@ -127,12 +133,20 @@ async def recovery_loop(settings: Settings, backends: Backends) -> None:
         await asyncio.sleep(settings.outbox_interval)
 
 
-async def requeue_after_restart(store: JobStore) -> None:
+async def requeue_after_restart(store: JobStore, *, max_attempts: int) -> None:
     """Embedded mode: the in-process queue died with the last process, so every job that was
-    queued or running is queued again (running ones resume from their checkpoints)."""
+    queued or running is queued again (running ones resume from their checkpoints), unless it
+    already had `max_attempts` attempts: a file that crashes the process must not crash it
+    again on every restart."""
     from smap_stt.jobs import JobStatus
 
     for job in await store.list(status=JobStatus.PROCESSING, limit=10_000):
+        if job.attempts >= max_attempts:
+            reason = (f"gave up after {job.attempts} attempts: the last one stopped without "
+                      "finishing (the process died)")
+            if await store.fail(job.id, reason, attempt=job.attempts):
+                log.error("job %s failed: %s", job.id, reason)
+            continue
         await store.release(job, error="resumed after a restart")
     for job in await store.list(status=JobStatus.PENDING, limit=10_000):
         await store.mark_unpublished(job.id)

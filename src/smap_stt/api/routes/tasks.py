@@ -30,6 +30,12 @@ JobId = Annotated[str, Path(max_length=100, description="The job id returned by 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)
 }
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 503)
+}
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (422, 503)
+}
 
 UPLOAD_FORM = {
     "requestBody": {
@@ -53,12 +59,13 @@ UPLOAD_FORM = {
 }
 
 
-@router.post("/upload", status_code=201, response_model=UploadResponse, responses=ERRORS,
+@router.post("/upload", status_code=201, response_model=UploadResponse, responses=UPLOAD_ERRORS,
              openapi_extra=UPLOAD_FORM, summary="Upload audio and queue a transcription job")
 async def upload(request: Request, settings: SettingsDep,
                  backends: BackendsDep) -> UploadResponse:
     received = await receive_upload(request, spool_dir=settings.temp_dir / "uploads",
-                                    max_bytes=settings.max_upload_bytes)
+                                    max_bytes=settings.max_upload_bytes,
+                                    idle_timeout=settings.upload_idle_timeout)
     try:
         job = await service.submit(settings, backends, received)
     finally:  # stored by now (moved or copied), or refused: the spool file goes either way
@@ -83,7 +90,8 @@ async def health(backends: BackendsDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 
 
-@router.get("", response_model=JobListResponse, summary="List jobs, newest first")
+@router.get("", response_model=JobListResponse, responses=QUERY_ERRORS,
+            summary="List jobs, newest first")
 async def list_jobs(
     backends: BackendsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
