@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     _limit_malloc_arenas()
     settings = Settings()
-    setup_logging(settings)
+    # The one-shot commands print their results on stdout (`transcribe --json` is piped), so
+    # their logs go to stderr.
+    setup_logging(settings, stream=sys.stderr if args.command in ("transcribe", "models")
+                  else sys.stdout)
     try:
         args.run(settings, args)
     except SttError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from typing import TextIO
 
 from smap_stt.config import Settings
 
@@ -20,8 +21,8 @@ class _JobFilter(logging.Filter):
         return True
 
 
-def setup_logging(settings: Settings) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+def setup_logging(settings: Settings, *, stream: TextIO = sys.stdout) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
     if settings.log_file:
         handlers.append(logging.FileHandler(settings.log_file))
     for handler in handlers:

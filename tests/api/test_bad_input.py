@@ -26,11 +26,13 @@ def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     port = free_port()
     service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=LIMIT_MB,
                                UPLOAD_IDLE_TIMEOUT=IDLE_TIMEOUT), data_dir, port)
-    service.start("serve")
-    yield service
-    service.stop_all()
-    asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
-                                 service.env["RABBITMQ_QUEUE_NAME"]))
+    try:  # a serve that fails to come up is stopped too, not left running
+        service.start("serve")
+        yield service
+    finally:
+        service.stop_all()
+        asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
+                                     service.env["RABBITMQ_QUEUE_NAME"]))
 
 
 @pytest.fixture

@@ -32,11 +32,13 @@ def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     data_dir = tmp_path_factory.mktemp("fuzz")
     port = free_port()
     service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=2), data_dir, port)
-    service.start("serve")
-    yield service
-    service.stop_all()
-    asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
-                                 service.env["RABBITMQ_QUEUE_NAME"]))
+    try:  # a serve that fails to come up is stopped too, not left running
+        service.start("serve")
+        yield service
+    finally:
+        service.stop_all()
+        asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
+                                     service.env["RABBITMQ_QUEUE_NAME"]))
 
 
 def _schemathesis(svc: Service, *args: str, config: Path | None = None,
