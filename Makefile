@@ -41,6 +41,7 @@ rabbitmq:
 
 lint: install
 	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: install
 	$(BIN)/mypy

@@ -28,11 +28,22 @@ def main(quick: bool = False) -> str:
             time.sleep(0.5)
         client.post(f"/api/v1/tasks/{job_id}/cancel")
     growth = rss.peak_mb - before
-    rows = [[f"{size_mb:.0f} MB", f"{elapsed:.1f} s", f"{before:.0f} MB", f"{rss.peak_mb:.0f} MB",
-             f"{growth:+.0f} MB", "met" if growth <= 64 else "MISSED"]]
-    return table("(e) big upload to `smap-stt api`",
-                 ["upload", "time", "API RSS before", "API peak RSS", "growth", "≤ 64 MB"],
-                 rows, COMMAND)
+    rows = [
+        [
+            f"{size_mb:.0f} MB",
+            f"{elapsed:.1f} s",
+            f"{before:.0f} MB",
+            f"{rss.peak_mb:.0f} MB",
+            f"{growth:+.0f} MB",
+            "met" if growth <= 64 else "MISSED",
+        ]
+    ]
+    return table(
+        "(e) big upload to `smap-stt api`",
+        ["upload", "time", "API RSS before", "API peak RSS", "growth", "≤ 64 MB"],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

@@ -31,15 +31,22 @@ def machine() -> str:
     import faster_whisper
 
     memory = psutil.virtual_memory().total / 2**30
-    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python "
-            f"{platform.python_version()}, faster-whisper {faster_whisper.__version__}, "
-            f"ctranslate2 {ctranslate2.__version__}; model base, int8, beam 5, VAD on")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python "
+        f"{platform.python_version()}, faster-whisper {faster_whisper.__version__}, "
+        f"ctranslate2 {ctranslate2.__version__}; model base, int8, beam 5, VAD on"
+    )
 
 
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]],
-          command: str) -> str:
-    lines = [f"### {title}", "", f"`{command}` — {machine()}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], command: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        f"`{command}` — {machine()}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
@@ -90,8 +97,7 @@ def running(*commands: str, workers: int = 0, **env: object) -> Iterator[Service
     """A service on its own data dir and queue names: `serve`, or `api` plus `workers`."""
     data_dir = DATA / f"run-{os.getpid()}-{time.monotonic_ns()}"
     port = free_port()
-    service = Service(base_env(data_dir, API_PORT=port, LOG_LEVEL="WARNING", **env), data_dir,
-                      port)
+    service = Service(base_env(data_dir, API_PORT=port, LOG_LEVEL="WARNING", **env), data_dir, port)
     try:
         for command in commands:
             service.start(command, **({"LOG_LEVEL": "INFO"} if command != "api" else {}))
@@ -104,15 +110,19 @@ def running(*commands: str, workers: int = 0, **env: object) -> Iterator[Service
 
         from tests.conftest import _delete_topology
 
-        asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
-                                     service.env["RABBITMQ_QUEUE_NAME"]))
+        asyncio.run(
+            _delete_topology(
+                service.env["RABBITMQ_EXCHANGE_NAME"], service.env["RABBITMQ_QUEUE_NAME"]
+            )
+        )
         import shutil
 
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def write_wav(path: Path, seconds: float, *, source: np.ndarray | None = None,
-              rate: int = 16000) -> Path:
+def write_wav(
+    path: Path, seconds: float, *, source: np.ndarray | None = None, rate: int = 16000
+) -> Path:
     """A 16-bit mono WAV of `seconds`, written in pieces (never whole in memory): `source`
     (int16 samples at `rate`) repeated, or faint noise."""
     if path.exists():

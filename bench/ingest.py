@@ -27,11 +27,13 @@ async def _hammer(url: str, data: bytes, count: int) -> tuple[float, list[float]
     slots = asyncio.Semaphore(CONCURRENCY)
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
         async def one() -> None:
             async with slots:
                 started = time.perf_counter()
-                response = await client.post(url, content=body,
-                                             headers={"content-type": content_type})
+                response = await client.post(
+                    url, content=body, headers={"content-type": content_type}
+                )
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 201, response.text
 
@@ -42,9 +44,11 @@ async def _hammer(url: str, data: bytes, count: int) -> tuple[float, list[float]
 
 def _multipart(data: bytes) -> tuple[bytes, str]:
     boundary = "smap-stt-bench-boundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     return head + data + tail, f"multipart/form-data; boundary={boundary}"
 
@@ -61,8 +65,19 @@ def main(quick: bool = False) -> str:
     data = clip.read_bytes()
     rows = []
     port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bare_upload:app",
-                             "--port", str(port), "--log-level", "warning"], cwd=ROOT)
+    bare = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_upload:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/docs")
         elapsed, latencies = asyncio.run(_hammer(f"http://127.0.0.1:{port}/upload", data, count))
@@ -79,15 +94,22 @@ def main(quick: bool = False) -> str:
                         upload(client, long, language="en", priority=10)
             url = f"{svc.url}/api/v1/tasks/upload"
             elapsed, latencies = asyncio.run(_hammer(url, data, count))
-            rows.append(_row(f"smap-stt api, workers {'busy' if busy else 'idle'}", elapsed,
-                             latencies, count))
+            rows.append(
+                _row(
+                    f"smap-stt api, workers {'busy' if busy else 'idle'}", elapsed, latencies, count
+                )
+            )
     bare_rate = float(rows[0][1])
     for row in rows[1:]:
         row.append(f"{float(str(row[1])) / bare_rate:.0%} of bare uploads/s")
     rows[0].append("")
-    return table(f"(d) ingest, {count} uploads of {clip.stat().st_size / 1e6:.1f} MB at "
-                 f"concurrency {CONCURRENCY}", ["endpoint", "uploads/s", "p50", "p99", ""],
-                 rows, COMMAND)
+    return table(
+        f"(d) ingest, {count} uploads of {clip.stat().st_size / 1e6:.1f} MB at "
+        f"concurrency {CONCURRENCY}",
+        ["endpoint", "uploads/s", "p50", "p99", ""],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ print(json.dumps(" ".join(s.text.strip() for s in segments)), flush=True)
 def bare_run(clip: str) -> tuple[float, float, str]:
     process = subprocess.Popen(
         [sys.executable, "-c", BARE, str(ROOT / "models" / "base"), clip],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdin is not None and process.stdout is not None
     process.stdout.readline()
     with PeakRss(process.pid) as rss:
@@ -68,20 +71,37 @@ def main(quick: bool = False) -> str:
     rows = []
     for name, values in results.items():
         wall = median([v[0] for v in values])
-        rows.append([name, f"{wall:.1f} s", f"{wall / duration:.3f}",
-                     f"{max(v[1] for v in values):.0f} MB", f"{median([v[2] for v in values]):.3f}",
-                     ", ".join(f"{v[0]:.1f}/{v[2]:.3f}" for v in values)])
+        rows.append(
+            [
+                name,
+                f"{wall:.1f} s",
+                f"{wall / duration:.3f}",
+                f"{max(v[1] for v in values):.0f} MB",
+                f"{median([v[2] for v in values]):.3f}",
+                ", ".join(f"{v[0]:.1f}/{v[2]:.3f}" for v in values),
+            ]
+        )
     service_wall = median([v[0] for v in results["service"]])
     bare_wall = median([v[0] for v in results["bare"]])
     service_wer = median([v[2] for v in results["service"]])
     bare_wer = median([v[2] for v in results["bare"]])
     met = service_wall <= 0.6 * bare_wall and service_wer <= bare_wer + 0.02
-    rows.append(["service / bare", f"{service_wall / bare_wall:.2f}×", "", "",
-                 f"{service_wer - bare_wer:+.3f}",
-                 f"target ≤ 0.6× and WER ≤ bare + 0.02: {'met' if met else 'MISSED'}"])
-    return table(f"(b) long audio, {duration:.0f} s clip, medians of {runs} runs",
-                 ["", "wall", "× real time", "peak RSS", "WER", "runs (wall/WER)"], rows,
-                 COMMAND)
+    rows.append(
+        [
+            "service / bare",
+            f"{service_wall / bare_wall:.2f}×",
+            "",
+            "",
+            f"{service_wer - bare_wer:+.3f}",
+            f"target ≤ 0.6× and WER ≤ bare + 0.02: {'met' if met else 'MISSED'}",
+        ]
+    )
+    return table(
+        f"(b) long audio, {duration:.0f} s clip, medians of {runs} runs",
+        ["", "wall", "× real time", "peak RSS", "WER", "runs (wall/WER)"],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ def main(quick: bool = False) -> str:
 
     def bare() -> float:
         started = time.perf_counter()
-        segments, _ = bare_model.transcribe(str(clip), language="en", beam_size=5,
-                                            vad_filter=True)
+        segments, _ = bare_model.transcribe(str(clip), language="en", beam_size=5, vad_filter=True)
         " ".join(segment.text for segment in segments)
         return time.perf_counter() - started
 
     service_times, bare_times, processing = [], [], []
     with running("serve") as svc, svc.client() as client:
+
         def through_service() -> float:
             started = time.perf_counter()
             job_id = upload(client, clip, language="en")
@@ -49,23 +49,40 @@ def main(quick: bool = False) -> str:
             service_times.append(through_service())
             bare_times.append(bare())
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "smap_stt.cli", "transcribe", str(clip),
-                    "--language", "en"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "smap_stt.cli", "transcribe", str(clip), "--language", "en"],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     cli = time.perf_counter() - started
     service, bare_median = median(service_times), median(bare_times)
     target = bare_median * 1.05 + 0.3
     rows = [
-        ["service: upload → COMPLETED", f"{service:.2f} s",
-         f"runs {', '.join(f'{t:.2f}' for t in service_times)}"],
+        [
+            "service: upload → COMPLETED",
+            f"{service:.2f} s",
+            f"runs {', '.join(f'{t:.2f}' for t in service_times)}",
+        ],
         ["  of which the worker's processing", f"{median(processing):.2f} s", ""],
-        ["bare faster-whisper, warm", f"{bare_median:.2f} s",
-         f"runs {', '.join(f'{t:.2f}' for t in bare_times)}"],
-        ["ratio service / bare", f"{service / bare_median:.2f}×",
-         f"target ≤ {target:.2f} s: {'met' if service <= target else 'MISSED'}"],
+        [
+            "bare faster-whisper, warm",
+            f"{bare_median:.2f} s",
+            f"runs {', '.join(f'{t:.2f}' for t in bare_times)}",
+        ],
+        [
+            "ratio service / bare",
+            f"{service / bare_median:.2f}×",
+            f"target ≤ {target:.2f} s: {'met' if service <= target else 'MISSED'}",
+        ],
         ["`smap-stt transcribe` (process start + load + transcribe)", f"{cli:.2f} s", ""],
     ]
-    return table(f"(a) overhead, {clip.name}, medians of {runs} interleaved runs",
-                 ["what", "time", "notes"], rows, COMMAND)
+    return table(
+        f"(a) overhead, {clip.name}, medians of {runs} interleaved runs",
+        ["what", "time", "notes"],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

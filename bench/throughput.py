@@ -31,15 +31,24 @@ def one(workers: int, concurrent: int, threads: int, jobs: int) -> list[object]:
     assert all(s["status"] == "COMPLETED" for s in statuses)
     per_worker = sorted({s["worker_id"] for s in statuses})
     label = f"{workers} worker × {concurrent} job(s) × {threads or 'auto'} thread(s)"
-    return [label, f"{jobs / elapsed * 60:.1f}", f"{busy:.0f} %", f"{elapsed:.1f} s",
-            len(per_worker)]
+    return [
+        label,
+        f"{jobs / elapsed * 60:.1f}",
+        f"{busy:.0f} %",
+        f"{elapsed:.1f} s",
+        len(per_worker),
+    ]
 
 
 def main(quick: bool = False) -> str:
     jobs = 8 if quick else 40
     rows = [one(*setting, jobs) for setting in SETTINGS]
-    return table(f"(c) throughput, {jobs} jobs of ~20 s audio",
-                 ["setting", "jobs/min", "CPU busy", "wall", "workers used"], rows, COMMAND)
+    return table(
+        f"(c) throughput, {jobs} jobs of ~20 s audio",
+        ["setting", "jobs/min", "CPU busy", "wall", "workers used"],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

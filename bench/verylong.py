@@ -37,18 +37,30 @@ def main(quick: bool = False) -> str:
     with av.open(str(ten)) as container:
         ten_seconds = float(container.duration or 0) / 1e6
     hour_seconds = 1200 if quick else 3600
-    hour = write_wav(DATA / f"verylong-{hour_seconds}.wav", hour_seconds,
-                     source=_samples(str(ten)))
+    hour = write_wav(DATA / f"verylong-{hour_seconds}.wav", hour_seconds, source=_samples(str(ten)))
     rows = []
-    for label, clip, seconds in (("10 min", str(ten), ten_seconds),
-                                 (f"{hour_seconds / 60:.0f} min", str(hour), hour_seconds)):
+    for label, clip, seconds in (
+        ("10 min", str(ten), ten_seconds),
+        (f"{hour_seconds / 60:.0f} min", str(hour), hour_seconds),
+    ):
         peak, elapsed, status = _peak(clip)
         rows.append([label, f"{seconds:.0f} s", status, f"{elapsed:.1f} s", f"{peak:.0f} MB"])
     growth = float(str(rows[1][4]).split()[0]) - float(str(rows[0][4]).split()[0])
-    rows.append(["difference", "", "", "", f"{growth:+.0f} MB "
-                 f"({'met' if growth <= 100 else 'MISSED'}: target ≤ +100 MB)"])
-    return table("(f) very long audio, peak RSS of `smap-stt serve` (API + worker)",
-                 ["clip", "audio", "status", "wall", "peak RSS"], rows, COMMAND)
+    rows.append(
+        [
+            "difference",
+            "",
+            "",
+            "",
+            f"{growth:+.0f} MB ({'met' if growth <= 100 else 'MISSED'}: target ≤ +100 MB)",
+        ]
+    )
+    return table(
+        "(f) very long audio, peak RSS of `smap-stt serve` (API + worker)",
+        ["clip", "audio", "status", "wall", "peak RSS"],
+        rows,
+        COMMAND,
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,34 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GROUPS = [
     ("HTTP API", ["api_host", "api_port", "api_workers", "public_base_url"]),
-    ("RabbitMQ (the `api` and `worker` commands)", [
-        "rabbitmq_url", "rabbitmq_host", "rabbitmq_port", "rabbitmq_user", "rabbitmq_password",
-        "rabbitmq_vhost", "rabbitmq_exchange_name", "rabbitmq_routing_key",
-        "rabbitmq_queue_name"]),
+    (
+        "RabbitMQ (the `api` and `worker` commands)",
+        [
+            "rabbitmq_url",
+            "rabbitmq_host",
+            "rabbitmq_port",
+            "rabbitmq_user",
+            "rabbitmq_password",
+            "rabbitmq_vhost",
+            "rabbitmq_exchange_name",
+            "rabbitmq_routing_key",
+            "rabbitmq_queue_name",
+        ],
+    ),
     ("Job store", ["mongodb_url", "mongodb_database", "sqlite_path"]),
-    ("Blob store", ["minio_endpoint", "minio_access_key", "minio_secret_key", "minio_bucket",
-                    "minio_secure", "minio_region", "presigned_url_expiry_seconds", "blob_dir"]),
+    (
+        "Blob store",
+        [
+            "minio_endpoint",
+            "minio_access_key",
+            "minio_secret_key",
+            "minio_bucket",
+            "minio_secure",
+            "minio_region",
+            "presigned_url_expiry_seconds",
+            "blob_dir",
+        ],
+    ),
 ]
 
 
@@ -47,15 +68,22 @@ def _groups() -> list[tuple[str, list[str]]]:
     jobs = [n for n in rest if not n.startswith(("whisper_", "log_"))]
     whisper = [n for n in rest if n.startswith("whisper_")]
     logging = [n for n in rest if n.startswith("log_")]
-    return [*GROUPS, ("Jobs, uploads and reliability", jobs), ("Whisper", whisper),
-            ("Logging", logging)]
+    return [
+        *GROUPS,
+        ("Jobs, uploads and reliability", jobs),
+        ("Whisper", whisper),
+        ("Logging", logging),
+    ]
 
 
 def env_example() -> str:
-    lines = ["# smap-stt settings: every option with its default. Copy to .env and edit.",
-             "# Backends follow from what is set: MONGODB_URL → MongoDB (else SQLite),",
-             "# MINIO_ENDPOINT → S3 (else local files); `serve` uses an in-process queue,",
-             "# `api` and `worker` use RabbitMQ.", ""]
+    lines = [
+        "# smap-stt settings: every option with its default. Copy to .env and edit.",
+        "# Backends follow from what is set: MONGODB_URL → MongoDB (else SQLite),",
+        "# MINIO_ENDPOINT → S3 (else local files); `serve` uses an in-process queue,",
+        "# `api` and `worker` use RabbitMQ.",
+        "",
+    ]
     for title, names in _groups():
         lines.append(f"# --- {title}")
         for name in names:
@@ -89,8 +117,11 @@ def configuration_md() -> str:
         for name in names:
             field = Settings.model_fields[name]
             default = _default(field)
-            lines.append(f"| `{name.upper()}` | `{default}` | {field.description or ''} |"
-                         if default else f"| `{name.upper()}` | | {field.description or ''} |")
+            lines.append(
+                f"| `{name.upper()}` | `{default}` | {field.description or ''} |"
+                if default
+                else f"| `{name.upper()}` | | {field.description or ''} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

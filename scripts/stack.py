@@ -95,9 +95,14 @@ class Child:
             # A process group of its own: a Ctrl-C in the terminal reaches the stack alone,
             # which then stops the children in order.
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "smap_stt.cli", self.command], env=self.env, cwd=ROOT,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                process_group=0, preexec_fn=_die_with_parent,
+                [sys.executable, "-m", "smap_stt.cli", self.command],
+                env=self.env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -161,8 +166,9 @@ class Stack:
         self._rabbitmq()
         env = self._servers()
         api = self._child("api", "api", {**env, "API_WORKERS": str(self.api_workers)})
-        workers = [self._child(f"worker-{n}", "worker", env)
-                   for n in range(1, self.workers_count + 1)]
+        workers = [
+            self._child(f"worker-{n}", "worker", env) for n in range(1, self.workers_count + 1)
+        ]
         self._wait_api(api)
         for worker in workers:
             self._wait_log(worker, "consuming from", timeout=300)
@@ -182,21 +188,27 @@ class Stack:
         say(f"SecantusDB (MongoDB protocol) and SeaweedFS (S3): starting, data in {self.dir}")
         mongo = start_mongo(self.dir / "mongo", _pick_port("STACK_MONGO_PORT", 27017))
         self.servers.append(mongo)
-        s3 = start_s3(self.dir / "s3", _pick_port("STACK_S3_PORT", 8333),
-                      access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY)
+        s3 = start_s3(
+            self.dir / "s3",
+            _pick_port("STACK_S3_PORT", 8333),
+            access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY,
+        )
         self.servers.append(s3)
         self.mongo, self.s3 = mongo, s3
 
         env = dict(os.environ)
-        env.update({
-            "MONGODB_URL": mongo.url,
-            "MINIO_ENDPOINT": s3.endpoint,
-            "MINIO_ACCESS_KEY": s3.access_key,
-            "MINIO_SECRET_KEY": s3.secret_key,
-            "MINIO_SECURE": "false",
-            "MINIO_REGION": s3.region,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "MONGODB_URL": mongo.url,
+                "MINIO_ENDPOINT": s3.endpoint,
+                "MINIO_ACCESS_KEY": s3.access_key,
+                "MINIO_SECRET_KEY": s3.secret_key,
+                "MINIO_SECURE": "false",
+                "MINIO_REGION": s3.region,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.setdefault("TEMP_DIR", str(self.dir / "tmp"))
         # The workers share the machine's cores: unless told otherwise, one job per core
         # across all of them, and as many threads per job as that leaves.
@@ -233,8 +245,9 @@ class Stack:
             if not child.running:
                 raise StackError(f"{child.name} exited; end of {child.log_path}:\n{child.tail()}")
             if time.monotonic() > deadline:
-                raise StackError(f"{child.name} did not start within {timeout:.0f} s; see "
-                                 f"{child.log_path}")
+                raise StackError(
+                    f"{child.name} did not start within {timeout:.0f} s; see {child.log_path}"
+                )
             time.sleep(0.2)
 
     @property
@@ -271,8 +284,7 @@ class Stack:
             f"    {'s3':<11}{self.s3.log_path}",
             "",
             "Try it:",
-            f"  curl -X POST {self.api_url}/api/v1/tasks/upload -F file=@talk.mp3 "
-            "-F language=en",
+            f"  curl -X POST {self.api_url}/api/v1/tasks/upload -F file=@talk.mp3 -F language=en",
             f"  curl {self.api_url}/api/v1/tasks/<job_id>/status",
             f"  curl {self.api_url}/api/v1/tasks/<job_id>/result",
             "",
@@ -286,8 +298,10 @@ class Stack:
         while True:
             for child in self.children:
                 if not child.running:
-                    say(f"{child.name} exited unexpectedly; end of {child.log_path}:\n"
-                        f"{child.tail()}")
+                    say(
+                        f"{child.name} exited unexpectedly; end of {child.log_path}:\n"
+                        f"{child.tail()}"
+                    )
                     return 1
             for server in self.servers:
                 if not server.running:
@@ -359,4 +373,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -55,8 +55,9 @@ def service(tmp_path: Path, models_dir: Path) -> Iterator[Callable[..., Service]
     yield make
     for svc in made:
         svc.stop_all()
-        asyncio.run(_delete_topology(svc.env["RABBITMQ_EXCHANGE_NAME"],
-                                     svc.env["RABBITMQ_QUEUE_NAME"]))
+        asyncio.run(
+            _delete_topology(svc.env["RABBITMQ_EXCHANGE_NAME"], svc.env["RABBITMQ_QUEUE_NAME"])
+        )
 
 
 @dataclass(frozen=True)

@@ -34,23 +34,28 @@ def base_env(data_dir: Path, **overrides: Any) -> dict[str, str]:
     """Environment for a service under test: its own data dirs and its own RabbitMQ names, so
     tests never see each other's messages."""
     tag = uuid.uuid4().hex[:8]
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("RABBITMQ_", "MONGODB_", "MINIO_", "API_", "WHISPER_"))}
-    env.update({
-        "SQLITE_PATH": str(data_dir / "jobs.sqlite3"),
-        "BLOB_DIR": str(data_dir / "blobs"),
-        "TEMP_DIR": str(data_dir / "tmp"),
-        "WHISPER_MODELS_DIR": str(ROOT / "models"),
-        "RABBITMQ_EXCHANGE_NAME": f"test-{tag}",
-        "RABBITMQ_QUEUE_NAME": f"test-{tag}",
-        "DEFAULT_LANGUAGE": "en",
-        "LOG_LEVEL": "INFO",
-        "MAX_CONCURRENT_JOBS": "1",
-        "SHUTDOWN_GRACE_SECONDS": "30",
-        "RETRY_DELAYS": "1",
-        "OUTBOX_INTERVAL": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RABBITMQ_", "MONGODB_", "MINIO_", "API_", "WHISPER_"))
+    }
+    env.update(
+        {
+            "SQLITE_PATH": str(data_dir / "jobs.sqlite3"),
+            "BLOB_DIR": str(data_dir / "blobs"),
+            "TEMP_DIR": str(data_dir / "tmp"),
+            "WHISPER_MODELS_DIR": str(ROOT / "models"),
+            "RABBITMQ_EXCHANGE_NAME": f"test-{tag}",
+            "RABBITMQ_QUEUE_NAME": f"test-{tag}",
+            "DEFAULT_LANGUAGE": "en",
+            "LOG_LEVEL": "INFO",
+            "MAX_CONCURRENT_JOBS": "1",
+            "SHUTDOWN_GRACE_SECONDS": "30",
+            "RETRY_DELAYS": "1",
+            "OUTBOX_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({key: str(value) for key, value in overrides.items()})
     return env
 
@@ -66,8 +71,9 @@ class Proc:
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.popen = subprocess.Popen([*SMAP_STT, *self.args], env=self.env, cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            [*SMAP_STT, *self.args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         return self
 
@@ -161,8 +167,11 @@ def wait_http(url: str, proc: Proc | None = None, timeout: float = 60) -> None:
 
 def upload(client: httpx.Client, path: Path, **fields: Any) -> str:
     with path.open("rb") as audio:
-        response = client.post("/api/v1/tasks/upload", files={"file": (path.name, audio)},
-                               data={key: str(value) for key, value in fields.items()})
+        response = client.post(
+            "/api/v1/tasks/upload",
+            files={"file": (path.name, audio)},
+            data={key: str(value) for key, value in fields.items()},
+        )
     assert response.status_code == 201, response.text
     job_id: str = response.json()["job_id"]
     return job_id
@@ -178,8 +187,9 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 180) -> dict[
     raise AssertionError(f"job {job_id} not final within {timeout} s: {status}")
 
 
-def wait_running(client: httpx.Client, job_id: str, *, above: float = -1,
-                 timeout: float = 120) -> dict[str, Any]:
+def wait_running(
+    client: httpx.Client, job_id: str, *, above: float = -1, timeout: float = 120
+) -> dict[str, Any]:
     """Wait until the job is PROCESSING with progress above `above` (-1: just running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

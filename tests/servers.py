@@ -93,7 +93,10 @@ def _free_port_pair(offset: int) -> int:
 
 
 def wait_port(
-    port: int, host: str = HOST, *, timeout: float = START_TIMEOUT,
+    port: int,
+    host: str = HOST,
+    *,
+    timeout: float = START_TIMEOUT,
     alive: Callable[[], bool] = lambda: True,
 ) -> None:
     """Wait until something accepts TCP connections on host:port (while `alive()` holds)."""
@@ -131,8 +134,12 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            self.argv, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,  # Ctrl-C is for us, not them
+            self.argv,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C is for us, not them
         )
         _live.add(self)
         try:
@@ -197,10 +204,23 @@ class MongoServer(ServerProcess):
         # An empty config file: otherwise ./, ~/.secantus/ or /etc/secantus/secantusd.toml
         # would be read, whatever they say.
         config = data_dir / "secantusd.toml"
-        super().__init__("secantusd", [
-            _binary("secantusd-py"), "--config", str(config), "--host", HOST,
-            "--port", str(port), "--storage-path", str(data_dir / "db"), "--cache-size", "128M",
-        ], data_dir)
+        super().__init__(
+            "secantusd",
+            [
+                _binary("secantusd-py"),
+                "--config",
+                str(config),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--storage-path",
+                str(data_dir / "db"),
+                "--cache-size",
+                "128M",
+            ],
+            data_dir,
+        )
         data_dir.mkdir(parents=True, exist_ok=True)
         config.touch()
 
@@ -225,9 +245,7 @@ class S3Server(ServerProcess):
 
     region = "us-east-1"
 
-    def __init__(
-        self, data_dir: Path, port: int, *, access_key: str, secret_key: str
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int, *, access_key: str, secret_key: str) -> None:
         self.port = port
         self.endpoint = f"{HOST}:{port}"
         self.url = f"http://{self.endpoint}"
@@ -238,28 +256,46 @@ class S3Server(ServerProcess):
         # -admin.port.grpc says, so keep that pair.
         admin = _free_port_pair(10000)
         self._grpc_ports = [s3_grpc, master_grpc, volume_grpc, filer_grpc, admin + 10000]
-        identity = {"name": "test", "credentials": [
-            {"accessKey": access_key, "secretKey": secret_key}
-        ], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        identity = {
+            "name": "test",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
         config = data_dir / "s3.json"
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "weed").mkdir(exist_ok=True)
         config.write_text(json.dumps({"identities": [identity]}))
-        super().__init__("weed", [
-            _binary("weed"), "mini", f"-ip={HOST}", f"-ip.bind={HOST}",
-            f"-dir={data_dir / 'weed'}", f"-s3.config={config}", "-webdav=false",
-            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false",
-            # Each bucket takes a volume of its own; small volumes leave room for many buckets.
-            "-master.volumeSizeLimitMB=32",
-            f"-s3.port={port}", f"-s3.port.grpc={s3_grpc}",
-            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-            f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
-            f"-filer.localSocket={data_dir / 'filer.sock'}",
-            f"-s3.localSocket={data_dir / 's3.sock'}",
-        ], data_dir)
+        super().__init__(
+            "weed",
+            [
+                _binary("weed"),
+                "mini",
+                f"-ip={HOST}",
+                f"-ip.bind={HOST}",
+                f"-dir={data_dir / 'weed'}",
+                f"-s3.config={config}",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+                # Each bucket takes a volume of its own; small volumes leave room for many buckets.
+                "-master.volumeSizeLimitMB=32",
+                f"-s3.port={port}",
+                f"-s3.port.grpc={s3_grpc}",
+                f"-master.port={master}",
+                f"-master.port.grpc={master_grpc}",
+                f"-volume.port={volume}",
+                f"-volume.port.grpc={volume_grpc}",
+                f"-filer.port={filer}",
+                f"-filer.port.grpc={filer_grpc}",
+                f"-admin.port={admin}",
+                f"-admin.port.grpc={admin + 10000}",
+                f"-filer.localSocket={data_dir / 'filer.sock'}",
+                f"-s3.localSocket={data_dir / 's3.sock'}",
+            ],
+            data_dir,
+        )
 
     def client(self) -> S3Client:
         """A plain boto3 S3 client for this server (for checks outside the code under test)."""
@@ -267,10 +303,17 @@ class S3Server(ServerProcess):
         from botocore.config import Config
 
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}, connect_timeout=1, read_timeout=10,
-                          retries={"max_attempts": 1, "mode": "standard"}),
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=1,
+                read_timeout=10,
+                retries={"max_attempts": 1, "mode": "standard"},
+            ),
         )
 
     def wait_ready(self, deadline: float) -> None:
@@ -309,12 +352,16 @@ def start_mongo(data_dir: Path, port: int | None = None) -> MongoServer:
 
 
 def start_s3(
-    data_dir: Path, port: int | None = None, *, access_key: str = "smap-test",
+    data_dir: Path,
+    port: int | None = None,
+    *,
+    access_key: str = "smap-test",
     secret_key: str = "smap-test-secret",
 ) -> S3Server:
     """A running SeaweedFS S3 gateway on 127.0.0.1 (a free port unless given)."""
-    server = S3Server(data_dir, port or free_ports(1)[0], access_key=access_key,
-                      secret_key=secret_key)
+    server = S3Server(
+        data_dir, port or free_ports(1)[0], access_key=access_key, secret_key=secret_key
+    )
     server.start()
     return server
 
@@ -329,8 +376,10 @@ if __name__ == "__main__":  # python tests/servers.py DIR: both servers until Ct
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".test-data/servers").resolve()
     mongo, s3 = start_mongo(root / "mongo"), start_s3(root / "s3")
     print(f"MONGODB_URL={mongo.url}")
-    print(f"MINIO_ENDPOINT={s3.endpoint} MINIO_ACCESS_KEY={s3.access_key} "
-          f"MINIO_SECRET_KEY={s3.secret_key}")
+    print(
+        f"MINIO_ENDPOINT={s3.endpoint} MINIO_ACCESS_KEY={s3.access_key} "
+        f"MINIO_SECRET_KEY={s3.secret_key}"
+    )
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
     s3.stop()

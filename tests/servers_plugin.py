@@ -40,8 +40,9 @@ from tests.servers import MongoServer, S3Server, ServerError, start_mongo, start
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
     if os.environ.get("MONGODB_TEST_URL"):
-        pytest.skip("MONGODB_TEST_URL is set: tests that stop or crash a server of their own "
-                    "are skipped")
+        pytest.skip(
+            "MONGODB_TEST_URL is set: tests that stop or crash a server of their own are skipped"
+        )
     try:
         server = start_mongo(tmp_path_factory.mktemp("mongo"))
     except ServerError as exc:
@@ -98,8 +99,14 @@ async def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         store = LocalBlobStore(tmp_path / "blobs")
     else:
         server = request.getfixturevalue("s3_server")
-        store = S3BlobStore(server.endpoint, server.access_key, server.secret_key,
-                            _unique("test-"), region=server.region, url_expiry=300)
+        store = S3BlobStore(
+            server.endpoint,
+            server.access_key,
+            server.secret_key,
+            _unique("test-"),
+            region=server.region,
+            url_expiry=300,
+        )
     await store.open()
     yield store
     await store.close()

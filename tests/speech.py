@@ -185,8 +185,25 @@ def _key(*parts: object) -> str:
 # --- word error rate -----------------------------------------------------------------------
 
 _ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
     "nineteen",
 ]
 _TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
@@ -229,9 +246,7 @@ def wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(ref, hyp or "<empty>"))
 
 
-def long_speech(
-    *, fmt: str = "mp3", speed: int = 150, voice: str = "en-us"
-) -> tuple[str, Path]:
+def long_speech(*, fmt: str = "mp3", speed: int = 150, voice: str = "en-us") -> tuple[str, Path]:
     """About ten minutes of speech: every paragraph of fixtures/long.txt, with pauses between.
 
     Returns the text spoken and the file."""

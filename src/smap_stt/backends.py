@@ -70,5 +70,6 @@ def make_queue(settings: Settings, *, embedded: bool) -> JobQueue:
 
 
 def make_backends(settings: Settings, *, embedded: bool) -> Backends:
-    return Backends(make_store(settings), make_blobs(settings),
-                    make_queue(settings, embedded=embedded))
+    return Backends(
+        make_store(settings), make_blobs(settings), make_queue(settings, embedded=embedded)
+    )

@@ -34,8 +34,13 @@ def _run_uvicorn(app: FastAPI, settings: Settings) -> None:
                 yield
                 self._captured_signals.clear()
 
-    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
     Server(config).run()
 
 
@@ -58,8 +63,14 @@ def _api(settings: Settings, _: argparse.Namespace) -> None:
 
         _run_uvicorn(create_app_from_env(), settings)
         return
-    uvicorn.run("smap_stt.api.app:create_app_from_env", factory=True, host=settings.api_host,
-                port=settings.api_port, workers=settings.api_workers, log_config=None)
+    uvicorn.run(
+        "smap_stt.api.app:create_app_from_env",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        log_config=None,
+    )
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> None:
@@ -84,8 +95,10 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> None:
     done = time.monotonic()
     if args.json:
         document = transcript.to_dict()
-        document["timings"] = {"load_seconds": round(loaded - started, 3),
-                               "transcribe_seconds": round(done - loaded, 3)}
+        document["timings"] = {
+            "load_seconds": round(loaded - started, 3),
+            "transcribe_seconds": round(done - loaded, 3),
+        }
         print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         print(transcript.text)
@@ -125,11 +138,13 @@ async def _push(settings: Settings, name: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smap-stt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="API + worker in one process on the embedded backends"
-                        ).set_defaults(run=_serve)
+    commands.add_parser(
+        "serve", help="API + worker in one process on the embedded backends"
+    ).set_defaults(run=_serve)
     commands.add_parser("api", help="the HTTP API alone (queue: RabbitMQ)").set_defaults(run=_api)
-    commands.add_parser("worker", help="a transcription worker consuming from RabbitMQ"
-                        ).set_defaults(run=_worker)
+    commands.add_parser(
+        "worker", help="a transcription worker consuming from RabbitMQ"
+    ).set_defaults(run=_worker)
     transcribe = commands.add_parser("transcribe", help="transcribe one file and print the text")
     transcribe.add_argument("file")
     transcribe.add_argument("--language", default="auto", help="code, name or 'auto' (default)")
@@ -137,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--json", action="store_true", help="segments and timings as JSON")
     transcribe.set_defaults(run=_transcribe)
     models = commands.add_parser(
-        "models", help="list models, install the bundled one, or push one to the blob store")
+        "models", help="list models, install the bundled one, or push one to the blob store"
+    )
     models.add_argument("action", nargs="?", choices=["list", "install", "push"], default="list")
-    models.add_argument("name", nargs="?", default="", help="model to push (default: "
-                        "WHISPER_MODEL)")
+    models.add_argument(
+        "name", nargs="?", default="", help="model to push (default: WHISPER_MODEL)"
+    )
     models.set_defaults(run=_models)
     return parser
 
@@ -164,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     # The one-shot commands print their results on stdout (`transcribe --json` is piped), so
     # their logs go to stderr.
-    setup_logging(settings, stream=sys.stderr if args.command in ("transcribe", "models")
-                  else sys.stdout)
+    setup_logging(
+        settings, stream=sys.stderr if args.command in ("transcribe", "models") else sys.stdout
+    )
     try:
         args.run(settings, args)
     except SttError as exc:

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     job_timeout: int = Field(3600, ge=1, description="Seconds a job may run before it FAILS.")
     max_upload_size_mb: int = Field(500, ge=1, description="Largest accepted upload, in MB.")
     upload_idle_timeout: float = Field(
-        60, gt=0, description="Seconds an upload may send nothing before it is refused (408) "
+        60,
+        gt=0,
+        description="Seconds an upload may send nothing before it is refused (408) "
         "and its spool file removed.",
     )
     temp_dir: Path = Field(Path("data/tmp"), description="Spool directory for uploads/audio.")
@@ -85,31 +87,41 @@ class Settings(BaseSettings):
         0.1, ge=0, description="Uploads that decode to less audio than this are refused (422)."
     )
     max_attempts: int = Field(
-        4, ge=1, description="Attempts (including ones whose worker died) before a job FAILS "
-        "for good.",
+        4,
+        ge=1,
+        description="Attempts (including ones whose worker died) before a job FAILS for good.",
     )
     retry_delays: list[int] = Field(
         default_factory=lambda: [5, 30, 120],
         description="Seconds to wait before attempt 2, 3, ... (comma separated).",
     )
     queue_message_ttl: int = Field(
-        0, ge=0, description="Seconds a message may wait in the queue before its job FAILS as "
+        0,
+        ge=0,
+        description="Seconds a message may wait in the queue before its job FAILS as "
         "expired (0: 24 × JOB_TIMEOUT).",
     )
     stale_after: float = Field(
-        120, gt=0, description="A running job whose worker sent no heartbeat for this long is "
+        120,
+        gt=0,
+        description="A running job whose worker sent no heartbeat for this long is "
         "handed to another worker.",
     )
     early_ack_after: float = Field(
-        600, gt=0, description="Seconds after which a running job acks its message, so "
+        600,
+        gt=0,
+        description="Seconds after which a running job acks its message, so "
         "RabbitMQ's consumer timeout cannot take it away; heartbeats guard it from then on.",
     )
     republish_after: float = Field(
-        300, gt=0, description="A PENDING job with no message in the queue for this long is "
-        "published again.",
+        300,
+        gt=0,
+        description="A PENDING job with no message in the queue for this long is published again.",
     )
     outbox_interval: float = Field(
-        5, gt=0, description="Seconds between passes of the recovery loop (outbox, stale jobs).",
+        5,
+        gt=0,
+        description="Seconds between passes of the recovery loop (outbox, stale jobs).",
     )
     shutdown_grace_seconds: float = Field(
         60, ge=0, description="On SIGTERM, how long running jobs may take before being handed back."
@@ -121,7 +133,9 @@ class Settings(BaseSettings):
     whisper_beam_size: int = Field(5, ge=1, description="Beam size.")
     whisper_compute_type: str = Field("int8", description="CTranslate2 compute type.")
     whisper_cpu_threads: int = Field(
-        0, ge=0, description="Cores per job: a worker decodes with MAX_CONCURRENT_JOBS × this "
+        0,
+        ge=0,
+        description="Cores per job: a worker decodes with MAX_CONCURRENT_JOBS × this "
         "many single-threaded decoders, shared by its jobs, so a job alone uses them all "
         "(0: cores / MAX_CONCURRENT_JOBS).",
     )

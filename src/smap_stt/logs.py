@@ -31,6 +31,15 @@ def setup_logging(settings: Settings, *, stream: TextIO = sys.stdout) -> None:
     root = logging.getLogger()
     root.handlers = handlers
     root.setLevel(settings.log_level)
-    for noisy in ("aiormq", "aio_pika", "pymongo", "botocore", "boto3", "s3transfer",
-                  "faster_whisper", "httpx", "urllib3"):
+    for noisy in (
+        "aiormq",
+        "aio_pika",
+        "pymongo",
+        "botocore",
+        "boto3",
+        "s3transfer",
+        "faster_whisper",
+        "httpx",
+        "urllib3",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -29,8 +29,9 @@ class JobRequest:
     priority: int
 
 
-async def parse_request(settings: Settings, backends: Backends,
-                        fields: dict[str, str]) -> JobRequest:
+async def parse_request(
+    settings: Settings, backends: Backends, fields: dict[str, str]
+) -> JobRequest:
     language = fields.get("language") or settings.default_language
     code = normalize_language(language)
     model = fields.get("model") or settings.whisper_model
@@ -63,9 +64,16 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
     # Recorded as published before publishing, to save a write per upload: if publishing
     # fails it is marked unpublished for the outbox; if this process dies in between, the
     # recovery loop republishes PENDING jobs that wait with an empty queue.
-    job = Job(id=job_id, filename=upload.filename, language=request.language,
-              model=request.model, priority=request.priority, size_bytes=upload.size,
-              audio_key=f"uploads/{job_id}{upload.suffix}", published=True)
+    job = Job(
+        id=job_id,
+        filename=upload.filename,
+        language=request.language,
+        model=request.model,
+        priority=request.priority,
+        size_bytes=upload.size,
+        audio_key=f"uploads/{job_id}{upload.suffix}",
+        published=True,
+    )
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
     try:
         await backends.store.create(job)
@@ -80,8 +88,15 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
             await backends.store.mark_unpublished(job.id)
         job.published = False
         return job
-    log.info("job %s accepted: %s, %.2f MB, language %s, model %s, priority %d", job.id,
-             job.filename, job.size_bytes / 1e6, job.language, job.model, job.priority)
+    log.info(
+        "job %s accepted: %s, %.2f MB, language %s, model %s, priority %d",
+        job.id,
+        job.filename,
+        job.size_bytes / 1e6,
+        job.language,
+        job.model,
+        job.priority,
+    )
     return job
 
 
@@ -116,5 +131,6 @@ async def health(backends: Backends) -> dict[str, str]:
         return "healthy"
 
     database, queue, storage = await asyncio.gather(
-        check(backends.store.ping), check(backends.queue.ping), check(backends.blobs.ping))
+        check(backends.store.ping), check(backends.queue.ping), check(backends.blobs.ping)
+    )
     return {"database": database, "rabbitmq": queue, "storage": storage}

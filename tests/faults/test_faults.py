@@ -106,9 +106,13 @@ def test_broker_down_during_uploads_uses_the_outbox(
             answers = []
             for _ in range(20):
                 with tiny_clip.path.open("rb") as audio:
-                    answers.append(client.post(
-                        "/api/v1/tasks/upload", files={"file": ("t.wav", audio)},
-                        data={"language": "en"}))
+                    answers.append(
+                        client.post(
+                            "/api/v1/tasks/upload",
+                            files={"file": ("t.wav", audio)},
+                            data={"language": "en"},
+                        )
+                    )
             assert [a.status_code for a in answers] == [201] * 20, answers[-1].text
             assert "as soon as it is back" in answers[-1].json()["message"]
             jobs = [a.json()["job_id"] for a in answers]
@@ -159,8 +163,9 @@ def test_same_message_twice_runs_once(service: ServiceFactory, short_clip: Clip)
     worker = svc.start("worker")
     with svc.client() as client:
         job_id = upload(client, short_clip.path, language="en")
-        body = json.dumps({"job_id": job_id, "language": "en", "model": "base",
-                           "filename": "x.wav"}).encode()
+        body = json.dumps(
+            {"job_id": job_id, "language": "en", "model": "base", "filename": "x.wav"}
+        ).encode()
         asyncio.run(_publish_raw(svc.env["RABBITMQ_EXCHANGE_NAME"], "stt.job", [body, body]))
         status = wait_final(client, job_id)
         time.sleep(2)  # let the duplicates arrive after the job finished, too

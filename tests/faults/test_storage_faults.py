@@ -40,7 +40,9 @@ def _wait_any_running(client: httpx.Client, jobs: list[str], timeout: float = 12
 
 @pytest.mark.timeout(420)
 def test_blob_store_down_mid_job_is_retried_and_completes_once(
-    production_env: dict[str, str], service: ServiceFactory, long_clip: Clip,
+    production_env: dict[str, str],
+    service: ServiceFactory,
+    long_clip: Clip,
     s3_server: S3Server,
 ) -> None:
     svc = service(**production_env, MAX_ATTEMPTS=10, RETRY_DELAYS=2, WHISPER_CHUNK_SECONDS=30)
@@ -51,8 +53,7 @@ def test_blob_store_down_mid_job_is_retried_and_completes_once(
         try:
             wait_running(client, job_id, above=0)  # audio fetched, result not yet stored
             s3_server.kill()
-            worker.wait_for_log(f"[job {job_id}] attempt 1 failed: s3 is unavailable",
-                                timeout=240)
+            worker.wait_for_log(f"[job {job_id}] attempt 1 failed: s3 is unavailable", timeout=240)
             assert _status(client, job_id)["status"] in ("PENDING", "PROCESSING")
         finally:
             s3_server.start()
@@ -71,7 +72,9 @@ def test_blob_store_down_mid_job_is_retried_and_completes_once(
 
 @pytest.mark.timeout(420)
 def test_database_down_briefly_while_jobs_run(
-    production_env: dict[str, str], service: ServiceFactory, short_clip: Clip,
+    production_env: dict[str, str],
+    service: ServiceFactory,
+    short_clip: Clip,
     mongo_server: MongoServer,
 ) -> None:
     # Down for longer than a job takes: attempts end, claims and checkpoints fail meanwhile,

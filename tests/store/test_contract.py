@@ -19,8 +19,12 @@ from tests.servers import MongoServer
 
 def make_job(**fields: Any) -> Job:
     values: dict[str, Any] = {
-        "id": new_job_id(), "filename": "talk.wav", "language": "en", "model": "base",
-        "audio_key": "uploads/talk.wav", **fields,
+        "id": new_job_id(),
+        "filename": "talk.wav",
+        "language": "en",
+        "model": "base",
+        "audio_key": "uploads/talk.wav",
+        **fields,
     }
     return Job(**values)
 
@@ -69,8 +73,12 @@ async def test_create_then_get_returns_the_same_job(job_store: JobStore) -> None
 
 
 async def test_unknown_job_is_not_found(job_store: JobStore) -> None:
-    for call in (job_store.get, job_store.cancel, job_store.delete,
-                 lambda job_id: job_store.claim(job_id, "w1")):
+    for call in (
+        job_store.get,
+        job_store.cancel,
+        job_store.delete,
+        lambda job_id: job_store.claim(job_id, "w1"),
+    ):
         with pytest.raises(JobNotFound):
             await call("no-such-job")
 
@@ -93,9 +101,12 @@ async def test_list_is_newest_first_with_limit_and_status_filter(job_store: JobS
     assert [job.id for job in await job_store.list()] == newest_first
     assert [job.id for job in await job_store.list(limit=2)] == newest_first[:2]
     assert [job.id for job in await job_store.list(status=JobStatus.PROCESSING)] == [
-        jobs[3].id, jobs[1].id]
+        jobs[3].id,
+        jobs[1].id,
+    ]
     assert [job.id for job in await job_store.list(status=JobStatus.PENDING, limit=1)] == [
-        jobs[4].id]
+        jobs[4].id
+    ]
     assert await job_store.list(status=JobStatus.FAILED) == []
 
 
@@ -163,13 +174,21 @@ async def test_heartbeat_records_progress(job_store: JobStore) -> None:
 async def test_complete_stores_the_result(job_store: JobStore) -> None:
     job = await claimed(job_store)
 
-    assert await job_store.complete(job, transcription="hello", result_key="results/x.json",
-                                    duration_seconds=3.5, detected_language="en")
+    assert await job_store.complete(
+        job,
+        transcription="hello",
+        result_key="results/x.json",
+        duration_seconds=3.5,
+        detected_language="en",
+    )
 
     done = await job_store.get(job.id)
     assert done.status is JobStatus.COMPLETED
     assert (done.progress, done.transcription, done.result_key) == (
-        100.0, "hello", "results/x.json")
+        100.0,
+        "hello",
+        "results/x.json",
+    )
     assert (done.duration_seconds, done.detected_language) == (3.5, "en")
     assert done.completed_at is not None
 
@@ -181,7 +200,10 @@ async def test_release_hands_the_job_back_for_another_attempt(job_store: JobStor
 
     back = await job_store.get(job.id)
     assert (back.status, back.worker_id, back.error_message) == (
-        JobStatus.PENDING, None, "broker hiccup")
+        JobStatus.PENDING,
+        None,
+        "broker hiccup",
+    )
     again = await job_store.claim(job.id, "w2")
     assert again is not None and again.attempts == 2
 
@@ -312,8 +334,10 @@ async def test_outbox_bookkeeping_on_pending_jobs(job_store: JobStore) -> None:
 
 async def test_recovery_queries_are_oldest_first_and_limited(job_store: JobStore) -> None:
     old = utcnow() - timedelta(hours=1)
-    jobs = [await created(job_store, created_at=old + timedelta(seconds=i), updated_at=old)
-            for i in range(3)]
+    jobs = [
+        await created(job_store, created_at=old + timedelta(seconds=i), updated_at=old)
+        for i in range(3)
+    ]
 
     found = await job_store.unpublished(older_than=timedelta(minutes=1), limit=2)
 
@@ -329,8 +353,11 @@ async def test_concurrent_writes_are_all_kept(job_store: JobStore) -> None:
     attempts = await asyncio.gather(*(job_store.claim(job.id, "w") for job in jobs))
     assert all(attempt is not None for attempt in attempts)
     await asyncio.gather(
-        *(job_store.heartbeat(attempt, progress=i) for i, attempt in enumerate(attempts)
-          if attempt is not None),
+        *(
+            job_store.heartbeat(attempt, progress=i)
+            for i, attempt in enumerate(attempts)
+            if attempt is not None
+        ),
         *(job_store.save_chunk(job.id, 0, {"n": i}) for i, job in enumerate(jobs)),
     )
 
@@ -346,7 +373,8 @@ async def test_ping(job_store: JobStore) -> None:
 
 
 async def test_a_down_server_is_reported_and_used_again_when_back(
-    job_store: JobStore, request: pytest.FixtureRequest,
+    job_store: JobStore,
+    request: pytest.FixtureRequest,
 ) -> None:
     if not isinstance(job_store, MongoJobStore):
         pytest.skip("an embedded store has no server to lose")
@@ -356,8 +384,7 @@ async def test_a_down_server_is_reported_and_used_again_when_back(
     server.kill()
     try:
         began = time.monotonic()
-        for call in (job_store.ping, lambda: job_store.get(job.id),
-                     lambda: job_store.create(job)):
+        for call in (job_store.ping, lambda: job_store.get(job.id), lambda: job_store.create(job)):
             with pytest.raises(BackendUnavailable) as down:
                 await call()
             assert down.value.backend == "mongodb"

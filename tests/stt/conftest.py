@@ -47,8 +47,7 @@ def english_clips() -> list[Clip]:
     texts = paragraphs("english")
     formats = ("wav", "mp3", "ogg")
     return [
-        Clip(text, cached_speech(text, fmt=fmt))
-        for text, fmt in zip(texts, formats, strict=True)
+        Clip(text, cached_speech(text, fmt=fmt)) for text, fmt in zip(texts, formats, strict=True)
     ]
 
 

@@ -35,7 +35,9 @@ def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
         from smap_stt.stt.engine import Engine
 
         settings = Settings(
-            _env_file=None, whisper_models_dir=models_dir, max_concurrent_jobs=1,
+            _env_file=None,
+            whisper_models_dir=models_dir,
+            max_concurrent_jobs=1,
             whisper_cpu_threads=threads,
         )
         engine = Engine(settings)
@@ -47,16 +49,18 @@ def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
 
         # "bare" is faster-whisper's defaults (cpu_threads=0: CTranslate2 picks, 4 threads);
         # "bare2" pins the thread count to the cores we have.
-        model = WhisperModel(model_path, device="cpu", compute_type="int8",
-                             cpu_threads=threads if mode != "bare" else 0)
+        model = WhisperModel(
+            model_path,
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads if mode != "bare" else 0,
+        )
         loaded = time.perf_counter()
         if mode == "batched":
             pipeline = BatchedInferencePipeline(model)
-            segments, _ = pipeline.transcribe(str(path), language="en", beam_size=5,
-                                              batch_size=8)
+            segments, _ = pipeline.transcribe(str(path), language="en", beam_size=5, batch_size=8)
         else:
-            segments, _ = model.transcribe(str(path), language="en", beam_size=5,
-                                           vad_filter=True)
+            segments, _ = model.transcribe(str(path), language="en", beam_size=5, vad_filter=True)
         hypothesis = " ".join(segment.text.strip() for segment in segments)
     finished = time.perf_counter()
     from smap_stt.stt.audio import probe
@@ -89,18 +93,32 @@ def main() -> None:
     for _ in range(args.runs):
         for mode in args.modes.split(","):
             out = subprocess.run(
-                [sys.executable, "-m", "tests.stt.long_audio_bench", "--one", mode,
-                 "--threads", str(args.threads), "--voice", args.voice],
-                check=True, capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.stt.long_audio_bench",
+                    "--one",
+                    mode,
+                    "--threads",
+                    str(args.threads),
+                    "--voice",
+                    args.voice,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parents[2],
             ).stdout
             result = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(result), flush=True)
             results.setdefault(mode, []).append(result)
     for mode, runs in results.items():
-        print(f"{mode:8s} median: {statistics.median(float(r['seconds']) for r in runs):7.1f} s"
-              f"  WER {statistics.median(float(r['wer']) for r in runs):.3f}"
-              f"  peak RSS {max(float(r['peak_rss_mb']) for r in runs):.0f} MB"
-              f"  ({len(runs)} runs)")
+        print(
+            f"{mode:8s} median: {statistics.median(float(r['seconds']) for r in runs):7.1f} s"
+            f"  WER {statistics.median(float(r['wer']) for r in runs):.3f}"
+            f"  peak RSS {max(float(r['peak_rss_mb']) for r in runs):.0f} MB"
+            f"  ({len(runs)} runs)"
+        )
 
 
 if __name__ == "__main__":

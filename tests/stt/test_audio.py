@@ -21,14 +21,26 @@ def _png() -> bytes:
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     pixels = b"".join(b"\x00" + b"\xff\x00\x00" * 4 for _ in range(4))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(pixels))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _wav_header(data_bytes: int, *, padding: int = 0) -> bytes:
     fmt = struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + fmt + b"data"
-            + struct.pack("<I", data_bytes) + b"\x00" * padding)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+        + b"\x00" * padding
+    )
 
 
 def _video(path: Path, *, with_audio: bool) -> Path:

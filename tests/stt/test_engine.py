@@ -41,8 +41,11 @@ def full_run(chunked_engine: Engine, speech_75s: Clip) -> tuple[Transcript, Reco
     recorder = Recorder()
     started = time.monotonic()
     transcript = chunked_engine.transcribe(
-        speech_75s.path, model="base", language="en",
-        on_chunk=recorder.on_chunk, on_progress=recorder.on_progress,
+        speech_75s.path,
+        model="base",
+        language="en",
+        on_chunk=recorder.on_chunk,
+        on_progress=recorder.on_progress,
     )
     return transcript, recorder, started
 
@@ -58,8 +61,9 @@ def test_english_paragraphs_are_transcribed_accurately(
         assert transcript.text == " ".join(s.text for s in transcript.segments)
         assert all(s.text == s.text.strip() and s.text for s in transcript.segments)
         starts = [s.start for s in transcript.segments]
-        assert starts == sorted(starts) and all(s.end <= transcript.duration + 0.5
-                                                for s in transcript.segments)
+        assert starts == sorted(starts) and all(
+            s.end <= transcript.duration + 0.5 for s in transcript.segments
+        )
 
 
 def test_language_is_detected_when_not_given(engine: Engine, english_clips: list[Clip]) -> None:
@@ -87,8 +91,7 @@ def test_long_audio_reports_chunks_and_progress(
     assert recorder.chunks[-1].end == pytest.approx(transcript.duration, abs=0.01)
     assert transcript.segments == [s for chunk in recorder.chunks for s in chunk.segments]
     for chunk in recorder.chunks:  # timestamps are absolute, inside their chunk
-        assert all(chunk.start - 0.5 <= s.start <= s.end <= chunk.end + 0.5
-                   for s in chunk.segments)
+        assert all(chunk.start - 0.5 <= s.start <= s.end <= chunk.end + 0.5 for s in chunk.segments)
 
     percents = [percent for _, percent in recorder.progress]
     assert percents == sorted(percents)
@@ -105,8 +108,12 @@ def test_resume_skips_finished_chunks(
     done = recorder.chunks[:2]
     resumed = Recorder()
     transcript = chunked_engine.transcribe(
-        speech_75s.path, model="base", language="en", done_chunks=done,
-        on_chunk=resumed.on_chunk, on_progress=resumed.on_progress,
+        speech_75s.path,
+        model="base",
+        language="en",
+        done_chunks=done,
+        on_chunk=resumed.on_chunk,
+        on_progress=resumed.on_progress,
     )
     assert [c.index for c in resumed.chunks] == [c.index for c in recorder.chunks[2:]]
     assert [(c.start, c.end) for c in resumed.chunks] == [
@@ -123,7 +130,10 @@ def test_done_chunks_are_trusted_not_redone(chunked_engine: Engine, speech_75s: 
     fake = Chunk(index=0, start=0.0, end=30.0, segments=[], language="en")
     recorder = Recorder()
     transcript = chunked_engine.transcribe(
-        speech_75s.path, model="base", language="en", done_chunks=[fake],
+        speech_75s.path,
+        model="base",
+        language="en",
+        done_chunks=[fake],
         on_chunk=recorder.on_chunk,
     )
     assert recorder.chunks[0].index == 1 and recorder.chunks[0].start == 30.0
@@ -142,8 +152,9 @@ def test_cancelling_from_on_progress_stops_promptly(
 
     started = time.monotonic()
     with pytest.raises(JobCancelled):
-        chunked_engine.transcribe(speech_75s.path, model="base", language="en",
-                                  on_progress=on_progress)
+        chunked_engine.transcribe(
+            speech_75s.path, model="base", language="en", on_progress=on_progress
+        )
     assert time.monotonic() - started < 10
     assert len(calls) == 3
 
@@ -165,10 +176,12 @@ def test_load_is_cached(engine: Engine) -> None:
 
 def test_concurrent_calls_share_the_engine(engine: Engine, english_clips: list[Clip]) -> None:
     with ThreadPoolExecutor(2) as pool:
-        transcripts = list(pool.map(
-            lambda clip: engine.transcribe(clip.path, model="base", language="en"),
-            english_clips[:2],
-        ))
+        transcripts = list(
+            pool.map(
+                lambda clip: engine.transcribe(clip.path, model="base", language="en"),
+                english_clips[:2],
+            )
+        )
     for clip, transcript in zip(english_clips[:2], transcripts, strict=True):
         assert wer(clip.text, transcript.text) <= 0.15
 

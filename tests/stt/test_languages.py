@@ -16,9 +16,18 @@ def test_every_whisper_code_has_a_name() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("auto", None), ("AUTO", None), ("vi", "vi"), ("EN", "en"), (" fr ", "fr"),
-        ("English", "en"), ("vietnamese", "vi"), ("en-US", "en"), ("pt_BR", "pt"),
-        ("haw", "haw"), ("Mandarin", "zh"), ("Haitian Creole", "ht"),
+        ("auto", None),
+        ("AUTO", None),
+        ("vi", "vi"),
+        ("EN", "en"),
+        (" fr ", "fr"),
+        ("English", "en"),
+        ("vietnamese", "vi"),
+        ("en-US", "en"),
+        ("pt_BR", "pt"),
+        ("haw", "haw"),
+        ("Mandarin", "zh"),
+        ("Haitian Creole", "ht"),
     ],
 )
 def test_normalize_language_accepts_codes_names_and_tags(value: str, expected: str | None) -> None:

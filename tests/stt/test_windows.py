@@ -37,8 +37,9 @@ def test_slices_and_halves_keep_their_place_in_the_chunk() -> None:
     assert tail.chunk_time(0.0, start=True) == 9.0
 
 
-def _outcome(text: str, words: list[_Word], *, logprob: float = -0.2,
-             no_speech: float = 0.01) -> _Outcome:
+def _outcome(
+    text: str, words: list[_Word], *, logprob: float = -0.2, no_speech: float = 0.01
+) -> _Outcome:
     return _Outcome(text=text, words=words, avg_logprob=logprob, no_speech_prob=no_speech)
 
 
@@ -48,30 +49,39 @@ def _words(*spec: tuple[str, float, float]) -> list[_Word]:
 
 def test_segments_end_at_sentences_and_pauses() -> None:
     window = _window((0.0, 20.0))
-    words = _words((" Hello", 0.0, 0.4), (" there.", 0.4, 0.9), (" How", 1.0, 1.2),
-                   (" are", 1.2, 1.4), (" you", 2.6, 2.9), (" today", 2.9, 3.3))
+    words = _words(
+        (" Hello", 0.0, 0.4),
+        (" there.", 0.4, 0.9),
+        (" How", 1.0, 1.2),
+        (" are", 1.2, 1.4),
+        (" you", 2.6, 2.9),
+        (" today", 2.9, 3.3),
+    )
     assert _segments(window, words) == [
-        (0.0, 0.9, "Hello there."), (1.0, 1.4, "How are"), (2.6, 3.3, "you today"),
+        (0.0, 0.9, "Hello there."),
+        (1.0, 1.4, "How are"),
+        (2.6, 3.3, "you today"),
     ]
 
 
 def test_check_keeps_good_text() -> None:
     window = _window((0.0, 3.0))
-    segments, redo = _check(window, _outcome("Hi all.", _words((" Hi", 0.2, 0.5),
-                                                                (" all.", 0.5, 2.8))))
+    segments, redo = _check(
+        window, _outcome("Hi all.", _words((" Hi", 0.2, 0.5), (" all.", 0.5, 2.8)))
+    )
     assert segments == [(0.2, 2.8, "Hi all.")] and redo == []
 
 
 def test_check_drops_what_the_model_calls_no_speech() -> None:
     window = _window((0.0, 3.0))
-    outcome = _outcome("Thank you.", _words((" Thank", 0.0, 0.5), (" you.", 0.5, 1.0)),
-                       logprob=-1.5, no_speech=0.9)
+    outcome = _outcome(
+        "Thank you.", _words((" Thank", 0.0, 0.5), (" you.", 0.5, 1.0)), logprob=-1.5, no_speech=0.9
+    )
     assert _check(window, outcome) == ([], [])
 
 
 @pytest.mark.parametrize(("retries", "halves"), [(0, 2), (2, 0)])
-def test_check_splits_a_looping_window_a_bounded_number_of_times(retries: int,
-                                                                  halves: int) -> None:
+def test_check_splits_a_looping_window_a_bounded_number_of_times(retries: int, halves: int) -> None:
     window = _window((0.0, 10.0), (12.0, 30.0), retries=retries)
     loop = " the end of the" * 40
     segments, redo = _check(window, _outcome(loop, _words((" the", 0.0, 0.2))))

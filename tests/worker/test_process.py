@@ -30,8 +30,9 @@ MAX_ATTEMPTS = 2
 
 class RecordingDelivery(Delivery):
     def __init__(self, job_id: str, *, redelivered: bool = False) -> None:
-        self.body = encode_message(JobMessage(job_id=job_id, language="en", model="base",
-                                              filename="a.wav"))
+        self.body = encode_message(
+            JobMessage(job_id=job_id, language="en", model="base", filename="a.wav")
+        )
         self.redelivered = redelivered
         self.retry_of = None
         self.settled: list[str] = []
@@ -68,10 +69,12 @@ class FaultyStore(SqliteJobStore):
 @pytest.fixture
 async def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[WorkerContext]:
     monkeypatch.setattr(process, "HAND_BACK_PAUSE", 0)
-    settings = Settings(temp_dir=tmp_path / "tmp", max_attempts=MAX_ATTEMPTS, stale_after=60,
-                        republish_after=3600)
-    backends = Backends(FaultyStore(tmp_path / "jobs.sqlite3"), LocalBlobStore(tmp_path / "blobs"),
-                        EmbeddedQueue())
+    settings = Settings(
+        temp_dir=tmp_path / "tmp", max_attempts=MAX_ATTEMPTS, stale_after=60, republish_after=3600
+    )
+    backends = Backends(
+        FaultyStore(tmp_path / "jobs.sqlite3"), LocalBlobStore(tmp_path / "blobs"), EmbeddedQueue()
+    )
     await backends.open()
     # No job here gets as far as transcribing, so no engine is needed.
     yield WorkerContext(settings, backends, cast(Engine, None), "test-worker")
@@ -79,8 +82,14 @@ async def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 
 
 async def _job(ctx: WorkerContext, **fields: Any) -> Job:
-    job = Job(id=new_job_id(), filename="a.wav", language="en", model="base",
-              audio_key="uploads/a.wav", **fields)
+    job = Job(
+        id=new_job_id(),
+        filename="a.wav",
+        language="en",
+        model="base",
+        audio_key="uploads/a.wav",
+        **fields,
+    )
     await ctx.backends.store.create(job)
     return job
 
@@ -89,8 +98,7 @@ def _store(ctx: WorkerContext) -> FaultyStore:
     return cast(FaultyStore, ctx.backends.store)
 
 
-async def test_store_failure_before_the_attempt_hands_the_message_back(
-        ctx: WorkerContext) -> None:
+async def test_store_failure_before_the_attempt_hands_the_message_back(ctx: WorkerContext) -> None:
     """A store hiccup between reading the job and claiming it used to escape the handler: the
     message stayed unsettled and its consumer slot was lost (with prefetch 1, for good)."""
     job = await _job(ctx)
@@ -132,12 +140,17 @@ async def _claimed(ctx: WorkerContext, times: int) -> Job:
 async def _silence(ctx: WorkerContext, job: Job) -> None:
     """Make the job look as if its worker sent no heartbeat for an hour."""
     long_ago = utcnow() - timedelta(hours=1)
-    await ctx.backends.store._update(job.id, statuses=[JobStatus.PROCESSING], attempts=None,
-                                     changes={"updated_at": long_ago, "heartbeat_at": long_ago})
+    await ctx.backends.store._update(
+        job.id,
+        statuses=[JobStatus.PROCESSING],
+        attempts=None,
+        changes={"updated_at": long_ago, "heartbeat_at": long_ago},
+    )
 
 
 async def test_silent_job_with_attempts_left_is_handed_to_another_worker(
-        ctx: WorkerContext) -> None:
+    ctx: WorkerContext,
+) -> None:
     job = await _claimed(ctx, MAX_ATTEMPTS - 1)
     await _silence(ctx, job)
     await recover_once(ctx.settings, ctx.backends)
@@ -170,7 +183,8 @@ async def test_restart_fails_jobs_that_used_every_attempt(ctx: WorkerContext) ->
 
 
 async def test_slow_checkpoint_is_a_store_problem_not_a_job_timeout(
-        ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`future.result(timeout)` raises TimeoutError, which `_run_attempt` read as JOB_TIMEOUT
     and failed the job for good; a slow store is worth a retry."""
     monkeypatch.setattr(process, "CHECKPOINT_TIMEOUT", 0.1)

@@ -24,10 +24,10 @@ from smap_stt.worker.runner import Worker, recovery_loop, requeue_after_restart
 log = logging.getLogger(__name__)
 
 
-def _error(status_code: int, detail: str,
-           headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": "error", "detail": detail}, status_code=status_code,
-                        headers=headers)
+def _error(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"status": "error", "detail": detail}, status_code=status_code, headers=headers
+    )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -52,7 +52,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors())
+            for error in exc.errors()
+        )
         return _error(422, problems)
 
     @app.exception_handler(StarletteHTTPException)

@@ -44,10 +44,30 @@ class JobStatusResponse(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobStatusResponse:
-        return cls(job_id=job.id, **{name: getattr(job, name) for name in (
-            "status", "filename", "language", "model", "priority", "progress", "error_message",
-            "attempts", "worker_id", "duration_seconds", "processing_time_seconds",
-            "detected_language", "created_at", "started_at", "completed_at", "updated_at")})
+        return cls(
+            job_id=job.id,
+            **{
+                name: getattr(job, name)
+                for name in (
+                    "status",
+                    "filename",
+                    "language",
+                    "model",
+                    "priority",
+                    "progress",
+                    "error_message",
+                    "attempts",
+                    "worker_id",
+                    "duration_seconds",
+                    "processing_time_seconds",
+                    "detected_language",
+                    "created_at",
+                    "started_at",
+                    "completed_at",
+                    "updated_at",
+                )
+            },
+        )
 
 
 class SegmentOut(BaseModel):

@@ -75,8 +75,10 @@ class _FormCollector:
     def _part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:  # each part costs memory (its fields), so they are bounded
-            raise InvalidRequest(f"the form has more than {MAX_PARTS} parts; send the file and "
-                                 "the language, model and priority fields only")
+            raise InvalidRequest(
+                f"the form has more than {MAX_PARTS} parts; send the file and "
+                "the language, model and priority fields only"
+            )
         self._headers, self._name, self._is_file = {}, None, False
         self._value = bytearray()
 
@@ -126,8 +128,9 @@ def _append(path: Path, data: bytes | bytearray) -> None:
         spool.write(data)
 
 
-async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int,
-                         idle_timeout: float = 60) -> Upload:
+async def receive_upload(
+    request: Request, *, spool_dir: Path, max_bytes: int, idle_timeout: float = 60
+) -> Upload:
     """Parse a multipart upload into a spool file. Raises InvalidRequest (400/408/413/415/422);
     on any error nothing is left on disk. A client that stops sending for `idle_timeout`
     seconds is refused (408), so a stalled upload cannot hold a spool file forever."""
@@ -136,13 +139,17 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int,
     if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest(
             "send the audio as multipart/form-data (with its boundary) and the file in a field "
-            "named 'file'", status_code=415)
+            "named 'file'",
+            status_code=415,
+        )
     if len(boundary) > MAX_BOUNDARY:
-        raise InvalidRequest(f"the multipart boundary is longer than {MAX_BOUNDARY} characters",
-                             status_code=400)
+        raise InvalidRequest(
+            f"the multipart boundary is longer than {MAX_BOUNDARY} characters", status_code=400
+        )
     limit_mb = max_bytes // (1024 * 1024)
     too_large = InvalidRequest(
-        f"the file is larger than the limit of {limit_mb} MB (MAX_UPLOAD_SIZE_MB)", 413)
+        f"the file is larger than the limit of {limit_mb} MB (MAX_UPLOAD_SIZE_MB)", 413
+    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise too_large
@@ -160,8 +167,10 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int,
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                raise InvalidRequest(f"the upload sent nothing for {idle_timeout:g} s; "
-                                     "send the body without pauses", status_code=408) from None
+                raise InvalidRequest(
+                    f"the upload sent nothing for {idle_timeout:g} s; send the body without pauses",
+                    status_code=408,
+                ) from None
             received += len(chunk)
             if received > max_bytes + FORM_OVERHEAD:
                 raise too_large
@@ -173,16 +182,21 @@ async def receive_upload(request: Request, *, spool_dir: Path, max_bytes: int,
                 await asyncio.to_thread(_append, spool, data)
         parser.finalize()
         if parser.state != MultipartState.END:
-            raise InvalidRequest("malformed multipart body: it ends before its closing boundary",
-                                 status_code=400)
+            raise InvalidRequest(
+                "malformed multipart body: it ends before its closing boundary", status_code=400
+            )
         if collector.pending or not collector.file_size:
             await asyncio.to_thread(_append, spool, collector.pending)
         if not collector.saw_file:
             raise InvalidRequest("the form has no 'file' field: send the audio as file=@...")
         if collector.file_size == 0:
             raise InvalidRequest("the uploaded file is empty", status_code=422)
-        return Upload(filename=clean_filename(collector.filename or ""), path=spool,
-                      size=collector.file_size, fields=collector.fields)
+        return Upload(
+            filename=clean_filename(collector.filename or ""),
+            path=spool,
+            size=collector.file_size,
+            fields=collector.fields,
+        )
     except FormParserError as exc:  # the body does not parse (also: too many part headers)
         await asyncio.to_thread(unlink_spool, spool)
         raise InvalidRequest(f"malformed multipart body: {exc}", status_code=400) from None

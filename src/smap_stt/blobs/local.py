@@ -58,8 +58,7 @@ class LocalBlobStore(BlobStore):
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if any(not part or part.startswith(".") or "\\" in part or "\0" in part
-               for part in parts):
+        if any(not part or part.startswith(".") or "\\" in part or "\0" in part for part in parts):
             raise ValueError(f"invalid blob key {key!r}")
         return self.root.joinpath(*parts)
 

@@ -32,7 +32,9 @@ _MB = 1024 * 1024
 # Uploads read parts of 8 MB from the file, 4 at a time; downloads queue at most 32 blocks of
 # 256 KB for the writer. Memory stays bounded (~10 MB) whatever the file size.
 _TRANSFER = TransferConfig(
-    multipart_threshold=8 * _MB, multipart_chunksize=8 * _MB, max_concurrency=4,
+    multipart_threshold=8 * _MB,
+    multipart_chunksize=8 * _MB,
+    max_concurrency=4,
     max_io_queue=32,
 )
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -170,7 +172,10 @@ class S3BlobStore(BlobStore):
     async def put_bytes(self, key: str, data: bytes, *, content_type: str = "") -> None:
         with _s3_errors():
             await asyncio.to_thread(
-                self._s3.put_object, Bucket=self.bucket, Key=key, Body=data,
+                self._s3.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
                 ContentType=content_type or "application/octet-stream",
             )
 
@@ -216,7 +221,8 @@ class S3BlobStore(BlobStore):
         # Signing is local computation (no request), quick enough for the event loop.
         with _s3_errors():
             return self._s3.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key},
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
                 ExpiresIn=self.url_expiry,
             )
 

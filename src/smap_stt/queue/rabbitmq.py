@@ -86,7 +86,8 @@ class RabbitDelivery(Delivery):
     async def hand_back(self) -> None:
         if self._acked:  # acked early (long job): the only way back is a new message
             await self._queue.publish_raw(
-                self.body, priority=self._message.priority or 0,
+                self.body,
+                priority=self._message.priority or 0,
                 message_id=self._message.message_id,
             )
             return
@@ -138,8 +139,10 @@ class RabbitQueue(JobQueue):
             if self._connection is None:
                 try:
                     self._connection = await aio_pika.connect_robust(
-                        self._url, timeout=_TIMEOUT,
-                        client_properties={"connection_name": "smap-stt"})
+                        self._url,
+                        timeout=_TIMEOUT,
+                        client_properties={"connection_name": "smap-stt"},
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -172,12 +175,14 @@ class RabbitQueue(JobQueue):
         channel = await self._connection.channel()
         try:
             exchange = await channel.declare_exchange(
-                self._exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
+                self._exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+            )
             dlx = await channel.declare_exchange(
-                self.dlx_name, aio_pika.ExchangeType.FANOUT, durable=True)
+                self.dlx_name, aio_pika.ExchangeType.FANOUT, durable=True
+            )
             dead = await channel.declare_queue(
-                self.dead_queue_name, durable=True,
-                arguments={"x-message-ttl": DEAD_MESSAGE_TTL_MS})
+                self.dead_queue_name, durable=True, arguments={"x-message-ttl": DEAD_MESSAGE_TTL_MS}
+            )
             await dead.bind(dlx)
             events = await channel.declare_queue(self.dead_events_queue_name, durable=True)
             await events.bind(dlx)
@@ -188,29 +193,38 @@ class RabbitQueue(JobQueue):
             }
             try:
                 queue = await channel.declare_queue(
-                    self._queue_name, durable=True, arguments=arguments)
+                    self._queue_name, durable=True, arguments=arguments
+                )
             except aio_pika.exceptions.ChannelPreconditionFailed as exc:
                 # An existing queue (the original system's, or one declared with another TTL)
                 # cannot be redeclared; refusing would stop every worker over a setting.
-                log.warning("queue %s exists with other arguments (%s); using it as it is",
-                            self._queue_name, exc)
+                log.warning(
+                    "queue %s exists with other arguments (%s); using it as it is",
+                    self._queue_name,
+                    exc,
+                )
                 await channel.close()
                 channel = await self._connection.channel()
                 queue = await channel.declare_queue(self._queue_name, passive=True)
             await queue.bind(exchange, self._routing_key)
             for delay in self._delays:
-                await channel.declare_queue(self.wait_queue_name(delay), durable=True, arguments={
-                    "x-message-ttl": delay * 1000,
-                    "x-dead-letter-exchange": self._exchange_name,
-                    "x-dead-letter-routing-key": self._routing_key,
-                })
+                await channel.declare_queue(
+                    self.wait_queue_name(delay),
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": delay * 1000,
+                        "x-dead-letter-exchange": self._exchange_name,
+                        "x-dead-letter-routing-key": self._routing_key,
+                    },
+                )
         finally:
             if not channel.is_closed:
                 await channel.close()
 
     async def publish(self, message: JobMessage, *, priority: int) -> None:
-        await self.publish_raw(encode_message(message), priority=priority,
-                               message_id=message.job_id)
+        await self.publish_raw(
+            encode_message(message), priority=priority, message_id=message.job_id
+        )
 
     async def publish_raw(
         self,

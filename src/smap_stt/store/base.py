@@ -127,23 +127,38 @@ class JobStore(ABC):
 
     async def complete(self, job: Job, **fields: Any) -> bool:
         now = utcnow()
-        changes = {"status": JobStatus.COMPLETED, "progress": 100.0, "completed_at": now,
-                   "updated_at": now, "error_message": None, **fields}
+        changes = {
+            "status": JobStatus.COMPLETED,
+            "progress": 100.0,
+            "completed_at": now,
+            "updated_at": now,
+            "error_message": None,
+            **fields,
+        }
         return await self._holding(job, changes) is not None
 
     async def release(self, job: Job, *, error: str | None = None) -> bool:
         """Hand an attempt back: PROCESSING → PENDING, to be retried or resumed."""
-        changes = {"status": JobStatus.PENDING, "updated_at": utcnow(), "error_message": error,
-                   "worker_id": None}
+        changes = {
+            "status": JobStatus.PENDING,
+            "updated_at": utcnow(),
+            "error_message": error,
+            "worker_id": None,
+        }
         return await self._holding(job, changes) is not None
 
     async def fail(self, job_id: str, reason: str, *, attempt: int | None = None) -> bool:
         """Mark FAILED unless the job is already final (or, with `attempt`, was taken over)."""
         now = utcnow()
-        changes = {"status": JobStatus.FAILED, "error_message": reason, "completed_at": now,
-                   "updated_at": now}
-        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=attempt,
-                                     changes=changes)
+        changes = {
+            "status": JobStatus.FAILED,
+            "error_message": reason,
+            "completed_at": now,
+            "updated_at": now,
+        }
+        updated = await self._update(
+            job_id, statuses=ACTIVE_STATES, attempts=attempt, changes=changes
+        )
         return updated is not None
 
     async def cancel(self, job_id: str) -> Job:
@@ -151,10 +166,13 @@ class JobStore(ABC):
         if job.status in FINAL_STATES:
             raise InvalidRequest(f"job {job_id} is already {job.status.value}", status_code=409)
         now = utcnow()
-        changes = {"status": JobStatus.CANCELLED, "completed_at": now, "updated_at": now,
-                   "error_message": "cancelled by request"}
-        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=None,
-                                     changes=changes)
+        changes = {
+            "status": JobStatus.CANCELLED,
+            "completed_at": now,
+            "updated_at": now,
+            "error_message": "cancelled by request",
+        }
+        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=None, changes=changes)
         if updated is None:  # it became final between the read and the update
             return await self.cancel(job_id)
         return updated
@@ -171,32 +189,49 @@ class JobStore(ABC):
         return job
 
     async def mark_published(self, job_id: str) -> None:
-        await self._update(job_id, statuses=ACTIVE_STATES, attempts=None,
-                           changes={"published": True})
+        await self._update(
+            job_id, statuses=ACTIVE_STATES, attempts=None, changes={"published": True}
+        )
 
     async def mark_unpublished(self, job_id: str) -> None:
-        await self._update(job_id, statuses=[JobStatus.PENDING], attempts=None,
-                           changes={"published": False})
+        await self._update(
+            job_id, statuses=[JobStatus.PENDING], attempts=None, changes={"published": False}
+        )
 
     async def heartbeat_pending(self, job_id: str) -> None:
         """Note that a PENDING job was just published again, so it is not re-sent next pass."""
-        await self._update(job_id, statuses=[JobStatus.PENDING], attempts=None,
-                           changes={"updated_at": utcnow()})
+        await self._update(
+            job_id, statuses=[JobStatus.PENDING], attempts=None, changes={"updated_at": utcnow()}
+        )
 
     async def unpublished(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
         """PENDING jobs whose message may never have reached the broker (the outbox)."""
-        return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
-                                published=False, updated_before=utcnow() - older_than)
+        return await self._find(
+            statuses=[JobStatus.PENDING],
+            limit=limit,
+            newest_first=False,
+            published=False,
+            updated_before=utcnow() - older_than,
+        )
 
     async def pending(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
-        return await self._find(statuses=[JobStatus.PENDING], limit=limit, newest_first=False,
-                                updated_before=utcnow() - older_than)
+        return await self._find(
+            statuses=[JobStatus.PENDING],
+            limit=limit,
+            newest_first=False,
+            updated_before=utcnow() - older_than,
+        )
 
     async def stale(self, *, older_than: timedelta, limit: int = 100) -> builtins.list[Job]:
         """PROCESSING jobs whose worker stopped sending heartbeats."""
-        return await self._find(statuses=[JobStatus.PROCESSING], limit=limit, newest_first=False,
-                                updated_before=utcnow() - older_than)
+        return await self._find(
+            statuses=[JobStatus.PROCESSING],
+            limit=limit,
+            newest_first=False,
+            updated_before=utcnow() - older_than,
+        )
 
     async def _holding(self, job: Job, changes: dict[str, Any]) -> Job | None:
-        return await self._update(job.id, statuses=[JobStatus.PROCESSING],
-                                  attempts=job.attempts, changes=changes)
+        return await self._update(
+            job.id, statuses=[JobStatus.PROCESSING], attempts=job.attempts, changes=changes
+        )

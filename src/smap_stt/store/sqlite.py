@@ -33,12 +33,17 @@ T = TypeVar("T")
 
 _BUSY_TIMEOUT_SECONDS = 10.0
 _SQL_TYPES: dict[object, str] = {
-    str: "TEXT", JobStatus: "TEXT", datetime: "TEXT", int: "INTEGER", bool: "INTEGER",
+    str: "TEXT",
+    JobStatus: "TEXT",
+    datetime: "TEXT",
+    int: "INTEGER",
+    bool: "INTEGER",
     float: "REAL",
 }
 _HINTS = {
     name: next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if isinstance(hint, types.UnionType) else hint  # `X | None` is stored as X
+    if isinstance(hint, types.UnionType)
+    else hint  # `X | None` is stored as X
     for name, hint in typing.get_type_hints(Job).items()
 }
 _COLUMNS = frozenset(_HINTS)
@@ -135,8 +140,7 @@ class SqliteJobStore(JobStore):
 
     async def _insert(self, job: Job) -> None:
         values = {name: _to_sql(value) for name, value in job.to_dict().items()}
-        sql = (f"INSERT INTO jobs ({', '.join(values)}) "
-               f"VALUES ({', '.join('?' * len(values))})")
+        sql = f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
 
         def insert(conn: sqlite3.Connection) -> None:
             try:
@@ -176,8 +180,10 @@ class SqliteJobStore(JobStore):
             where.append("updated_at < ?")
             params.append(_to_sql(updated_before))
         order = "DESC" if newest_first else "ASC"
-        sql = (f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
-               f"ORDER BY created_at {order}, id {order} LIMIT ?")
+        sql = (
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at {order}, id {order} LIMIT ?"
+        )
         params.append(limit)
 
         def find(conn: sqlite3.Connection) -> list[Job]:

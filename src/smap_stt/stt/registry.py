@@ -38,29 +38,35 @@ def _sha256(path: Path) -> str:
 def _manifest(directory: Path) -> dict[str, dict[str, int | str]]:
     # Hidden files are bookkeeping (the bundled model's `.smap-stt-verified.json` marker),
     # not part of the model, and a fetch refuses such names.
-    return {path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
-            for path in sorted(directory.iterdir())
-            if path.is_file() and not path.name.startswith(".")}
+    return {
+        path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(directory.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    }
 
 
 async def push(blobs: BlobStore, models_dir: Path, name: str) -> int:
     """Upload `models_dir/name`; returns the bytes uploaded."""
     directory = models_dir / name
     if not is_model_dir(directory):
-        raise ModelNotFound(f"{directory} is not a complete model directory "
-                            "(model.bin, config.json, tokenizer.json)")
+        raise ModelNotFound(
+            f"{directory} is not a complete model directory "
+            "(model.bin, config.json, tokenizer.json)"
+        )
     manifest = await asyncio.to_thread(_manifest, directory)
     for filename in manifest:
         await blobs.put_file(f"{PREFIX}{name}/{filename}", directory / filename)
-    await blobs.put_bytes(f"{PREFIX}{name}/{MANIFEST}", json.dumps(manifest).encode(),
-                          content_type="application/json")
+    await blobs.put_bytes(
+        f"{PREFIX}{name}/{MANIFEST}", json.dumps(manifest).encode(), content_type="application/json"
+    )
     return sum(int(entry["size"]) for entry in manifest.values())
 
 
 async def remote_models(blobs: BlobStore) -> list[str]:
     keys = await blobs.list_keys(PREFIX)
-    return sorted({key[len(PREFIX):].split("/")[0] for key in keys
-                   if key.endswith(f"/{MANIFEST}")})
+    return sorted(
+        {key[len(PREFIX) :].split("/")[0] for key in keys if key.endswith(f"/{MANIFEST}")}
+    )
 
 
 async def all_models(blobs: BlobStore, models_dir: Path) -> list[str]:
@@ -69,8 +75,9 @@ async def all_models(blobs: BlobStore, models_dir: Path) -> list[str]:
     return sorted({*local, *await remote_models(blobs)})
 
 
-async def ensure_local(blobs: BlobStore, models_dir: Path, name: str, *,
-                       allow_download: bool = False) -> None:
+async def ensure_local(
+    blobs: BlobStore, models_dir: Path, name: str, *, allow_download: bool = False
+) -> None:
     """Make `name` loadable from `models_dir`, fetching it from the blob store if needed.
 
     Raises ModelNotFound when it is in neither place (unless `allow_download`: then the
@@ -85,8 +92,10 @@ async def ensure_local(blobs: BlobStore, models_dir: Path, name: str, *,
         if allow_download:
             return
         local = ", ".join(await asyncio.to_thread(available_models, models_dir))
-        raise ModelNotFound(f"model {name!r} is neither installed (available: {local}) nor in "
-                            "the blob store (push it with `smap-stt models push NAME`)") from None
+        raise ModelNotFound(
+            f"model {name!r} is neither installed (available: {local}) nor in "
+            "the blob store (push it with `smap-stt models push NAME`)"
+        ) from None
     log.info("fetching model %s from the %s blob store", name, blobs.name)
     started = time.monotonic()
     staging = models_dir / f".fetch-{name}-{uuid.uuid4().hex[:8]}"
@@ -100,17 +109,25 @@ async def ensure_local(blobs: BlobStore, models_dir: Path, name: str, *,
             await blobs.get_file(f"{PREFIX}{name}/{filename}", target)
             actual = await asyncio.to_thread(_sha256, target)
             if actual != expected["sha256"] or target.stat().st_size != expected["size"]:
-                raise ModelCorrupt(f"model {name!r} failed verification: {filename} does not "
-                                   "match its manifest (push it again)")
+                raise ModelCorrupt(
+                    f"model {name!r} failed verification: {filename} does not "
+                    "match its manifest (push it again)"
+                )
             size += int(expected["size"])
         if not is_model_dir(staging):
-            raise ModelCorrupt(f"model {name!r} in the blob store is incomplete: it needs "
-                               "model.bin, config.json and tokenizer.json (push it again)")
+            raise ModelCorrupt(
+                f"model {name!r} in the blob store is incomplete: it needs "
+                "model.bin, config.json and tokenizer.json (push it again)"
+            )
         await asyncio.to_thread(_publish, staging, models_dir / name)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
-    log.info("fetched model %s (%.1f MB, verified) in %.1f s", name, size / 1e6,
-             time.monotonic() - started)
+    log.info(
+        "fetched model %s (%.1f MB, verified) in %.1f s",
+        name,
+        size / 1e6,
+        time.monotonic() - started,
+    )
 
 
 def _publish(staging: Path, final: Path) -> None:
@@ -120,5 +137,7 @@ def _publish(staging: Path, final: Path) -> None:
         os.rename(staging, final)
     except OSError as exc:
         if not is_model_dir(final):
-            raise ModelCorrupt(f"cannot install model {final.name!r}: {final} exists and is not "
-                               f"a complete model directory ({exc}); remove it") from exc
+            raise ModelCorrupt(
+                f"cannot install model {final.name!r}: {final} exists and is not "
+                f"a complete model directory ({exc}); remove it"
+            ) from exc

@@ -29,8 +29,13 @@ class Chunk:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
         segments = [Segment(**segment) for segment in data.get("segments", [])]
-        return cls(index=data["index"], start=data["start"], end=data["end"],
-                   segments=segments, language=data.get("language"))
+        return cls(
+            index=data["index"],
+            start=data["start"],
+            end=data["end"],
+            segments=segments,
+            language=data.get("language"),
+        )
 
 
 @dataclass

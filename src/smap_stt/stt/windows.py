@@ -156,8 +156,11 @@ def speech_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
     every comma-length pause, as BatchedInferencePipeline does, measured slightly worse), and
     padded by 400 ms on each side.
     """
-    vad = VadOptions(max_speech_duration_s=seconds, min_silence_duration_ms=_MIN_SILENCE_MS,
-                     speech_pad_ms=_SPEECH_PAD_MS)
+    vad = VadOptions(
+        max_speech_duration_s=seconds,
+        min_silence_duration_ms=_MIN_SILENCE_MS,
+        speech_pad_ms=_SPEECH_PAD_MS,
+    )
     limit = round(seconds * SAMPLE_RATE)
     windows: list[Window] = []
     current: list[tuple[int, int]] = []
@@ -193,8 +196,9 @@ def decode_windows(
     Windows whose check fails are decoded again (their missed tail, or their two halves) in a
     further round, at most `_MAX_RETRIES` rounds.
     """
-    tokenizer = Tokenizer(whisper.hf_tokenizer, whisper.model.is_multilingual,
-                          task="transcribe", language=language)
+    tokenizer = Tokenizer(
+        whisper.hf_tokenizer, whisper.model.is_multilingual, task="transcribe", language=language
+    )
     results = [Decoded(window=window) for window in windows]
     pending = list(enumerate(windows))
     while pending:
@@ -231,9 +235,9 @@ def _window(audio: np.ndarray, regions: list[tuple[int, int]]) -> Window:
 
 
 def _features(whisper: WhisperModel, windows: Sequence[Window]) -> np.ndarray:
-    return np.stack([
-        pad_or_trim(whisper.feature_extractor(window.audio)[..., :-1]) for window in windows
-    ])
+    return np.stack(
+        [pad_or_trim(whisper.feature_extractor(window.audio)[..., :-1]) for window in windows]
+    )
 
 
 def _encode(whisper: WhisperModel, windows: Sequence[Window]) -> ctranslate2.StorageView:
@@ -268,12 +272,14 @@ def _generate(
         frames = [len(window.audio) // whisper.feature_extractor.hop_length for window in batch]
         alignments = _align(whisper, tokenizer, encoded, tokens, frames)
         for result, ids, words in zip(results, tokens, alignments, strict=True):
-            outcomes.append(_Outcome(
-                text=tokenizer.decode(ids).strip(),
-                words=words,
-                avg_logprob=result.scores[0] * len(ids) / (len(ids) + 1),
-                no_speech_prob=result.no_speech_prob,
-            ))
+            outcomes.append(
+                _Outcome(
+                    text=tokenizer.decode(ids).strip(),
+                    words=words,
+                    avg_logprob=result.scores[0] * len(ids) / (len(ids) + 1),
+                    no_speech_prob=result.no_speech_prob,
+                )
+            )
     return outcomes
 
 
@@ -302,11 +308,15 @@ def _align(
         jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
         jump_times = time_indices[jumps] / whisper.tokens_per_second
         boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
-        aligned.append([
-            _Word(text=word, start=float(jump_times[start]), end=float(jump_times[end]))
-            for word, start, end in zip(words[:-1], boundaries[:-1], boundaries[1:], strict=True)
-            if start < len(jump_times) and end < len(jump_times)
-        ])
+        aligned.append(
+            [
+                _Word(text=word, start=float(jump_times[start]), end=float(jump_times[end]))
+                for word, start, end in zip(
+                    words[:-1], boundaries[:-1], boundaries[1:], strict=True
+                )
+                if start < len(jump_times) and end < len(jump_times)
+            ]
+        )
     return aligned
 
 

@@ -91,8 +91,9 @@ async def _hand_back_message(delivery: Delivery) -> None:
     try:
         await delivery.hand_back()
     except BackendUnavailable as exc:
-        log.warning("could not hand the message back (%s); the recovery loop will republish "
-                    "the job", exc)
+        log.warning(
+            "could not hand the message back (%s); the recovery loop will republish the job", exc
+        )
 
 
 async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
@@ -114,8 +115,10 @@ async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
         await delivery.ack()
         return
     if job.status is JobStatus.PROCESSING and job.attempts >= settings.max_attempts:
-        reason = (f"gave up after {job.attempts} attempts: the last one stopped without "
-                  "finishing (its worker died or was killed)")
+        reason = (
+            f"gave up after {job.attempts} attempts: the last one stopped without "
+            "finishing (its worker died or was killed)"
+        )
         await store.fail(job.id, reason, attempt=job.attempts)
         log.error("failed: %s", reason)
         await delivery.dead_letter(reason)
@@ -131,8 +134,14 @@ async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
 
 async def _run_attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
     settings = ctx.settings
-    log.info("started attempt %d on %s (%s, language %s, model %s)", job.attempts,
-             ctx.worker_id, job.filename, job.language, job.model)
+    log.info(
+        "started attempt %d on %s (%s, language %s, model %s)",
+        job.attempts,
+        ctx.worker_id,
+        job.filename,
+        job.language,
+        job.model,
+    )
     try:
         await asyncio.wait_for(_transcribe_job(ctx, delivery, job), settings.job_timeout)
         await delivery.ack()
@@ -227,14 +236,16 @@ class _Control:
         self.check()
         store = self._ctx.backends.store
         future = asyncio.run_coroutine_threadsafe(
-            store.save_chunk(self._job.id, chunk.index, chunk.to_dict()), self._loop)
+            store.save_chunk(self._job.id, chunk.index, chunk.to_dict()), self._loop
+        )
         try:
             future.result(timeout=CHECKPOINT_TIMEOUT)
         except TimeoutError:
             # A slow store is worth a retry; a bare TimeoutError would read as JOB_TIMEOUT.
             future.cancel()
             raise BackendUnavailable(
-                store.name, f"a checkpoint was not saved within {CHECKPOINT_TIMEOUT:g} s") from None
+                store.name, f"a checkpoint was not saved within {CHECKPOINT_TIMEOUT:g} s"
+            ) from None
 
 
 async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: Delivery) -> None:
@@ -260,8 +271,10 @@ async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: 
             # consumer timeout; from here on the heartbeats guard the job instead.
             await delivery.ack()
             early_acked = True
-            log.info("running for %.0f s: acked its message early; heartbeats guard it now",
-                     now - started)
+            log.info(
+                "running for %.0f s: acked its message early; heartbeats guard it now",
+                now - started,
+            )
 
 
 async def _why_not_holding(store: JobStore, job_id: str) -> str:
@@ -289,12 +302,22 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         done = [Chunk.from_dict(data) for data in await store.load_chunks(job.id)]
         if done:
             log.info("resuming after %d checkpointed chunk(s)", len(done))
-        await registry.ensure_local(blobs, settings.whisper_models_dir, job.model,
-                                    allow_download=settings.whisper_allow_download)
+        await registry.ensure_local(
+            blobs,
+            settings.whisper_models_dir,
+            job.model,
+            allow_download=settings.whisper_allow_download,
+        )
         language = None if job.language == "auto" else job.language
         transcript = await asyncio.to_thread(
-            ctx.engine.transcribe, audio, model=job.model, language=language,
-            done_chunks=done, on_chunk=control.on_chunk, on_progress=control.on_progress)
+            ctx.engine.transcribe,
+            audio,
+            model=job.model,
+            language=language,
+            done_chunks=done,
+            on_chunk=control.on_chunk,
+            on_progress=control.on_progress,
+        )
         control.check()
         await _store_result(ctx, job, transcript, time.monotonic() - started)
     finally:
@@ -303,8 +326,9 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
-async def _store_result(ctx: WorkerContext, job: Job, transcript: Transcript,
-                        elapsed: float) -> None:
+async def _store_result(
+    ctx: WorkerContext, job: Job, transcript: Transcript, elapsed: float
+) -> None:
     store, blobs = ctx.backends.store, ctx.backends.blobs
     key = result_key(job.id)
     document = {
@@ -315,8 +339,10 @@ async def _store_result(ctx: WorkerContext, job: Job, transcript: Transcript,
         "language_probability": transcript.language_probability,
         "duration_seconds": round(transcript.duration, 3),
         "text": transcript.text,
-        "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-                     for s in transcript.segments],
+        "segments": [
+            {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+            for s in transcript.segments
+        ],
     }
     # Off the event loop: hours of audio make megabytes of JSON.
     data = await asyncio.to_thread(_encode, document)
@@ -332,8 +358,12 @@ async def _store_result(ctx: WorkerContext, job: Job, transcript: Transcript,
     if not completed:
         raise JobCancelled("the job was cancelled or taken over before it finished")
     await store.delete_chunks(job.id)
-    log.info("completed: %.1f s of audio in %.1f s (%d segments)", transcript.duration, elapsed,
-             len(transcript.segments))
+    log.info(
+        "completed: %.1f s of audio in %.1f s (%d segments)",
+        transcript.duration,
+        elapsed,
+        len(transcript.segments),
+    )
 
 
 def _encode(document: dict[str, Any]) -> bytes:
@@ -351,8 +381,10 @@ async def handle_dead_event(ctx: WorkerContext, delivery: Delivery, reason: str)
     token = current_job.set(job_id)
     try:
         if reason == "expired":
-            text = (f"expired: waited more than {ctx.settings.message_ttl_seconds} s in the "
-                    "queue without a worker taking it")
+            text = (
+                f"expired: waited more than {ctx.settings.message_ttl_seconds} s in the "
+                "queue without a worker taking it"
+            )
         else:
             text = f"message dead-lettered ({reason})"
         if await ctx.backends.store.fail(job_id, text):

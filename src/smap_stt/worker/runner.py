@@ -30,8 +30,14 @@ def default_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, backends: Backends, engine: Engine,
-                 *, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        engine: Engine,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
         self.settings = settings
         self.backends = backends
         self.ctx = WorkerContext(settings, backends, engine, worker_id or default_worker_id())
@@ -42,17 +48,25 @@ class Worker:
         """Load the default model, then start consuming and the recovery loop."""
         settings = self.settings
         # The default model may live in the blob store only (pushed, not installed here).
-        await registry.ensure_local(self.backends.blobs, settings.whisper_models_dir,
-                                    settings.whisper_model,
-                                    allow_download=settings.whisper_allow_download)
+        await registry.ensure_local(
+            self.backends.blobs,
+            settings.whisper_models_dir,
+            settings.whisper_model,
+            allow_download=settings.whisper_allow_download,
+        )
         await asyncio.to_thread(self.ctx.engine.load, settings.whisper_model)
         queue = self.backends.queue
         await queue.consume(self._track(handle_delivery), prefetch=settings.max_concurrent_jobs)
         if isinstance(queue, RabbitQueue):
             await queue.consume_dead_events(self._track(self._dead_event))
         self._recovery = asyncio.create_task(recovery_loop(settings, self.backends))
-        log.info("worker %s consuming from %s (%d jobs at once, model %s)", self.ctx.worker_id,
-                 queue.name, settings.max_concurrent_jobs, settings.whisper_model)
+        log.info(
+            "worker %s consuming from %s (%d jobs at once, model %s)",
+            self.ctx.worker_id,
+            queue.name,
+            settings.max_concurrent_jobs,
+            settings.whisper_model,
+        )
 
     def _track(self, handler: Any) -> Any:
         async def run(delivery: Delivery) -> None:
@@ -63,6 +77,7 @@ class Worker:
                 await handler(self.ctx, delivery)
             finally:
                 self._running.discard(task)
+
         return run
 
     async def _dead_event(self, ctx: WorkerContext, delivery: Delivery) -> None:
@@ -104,22 +119,27 @@ async def recover_once(settings: Settings, backends: Backends) -> None:
         log.info("published job %s from the outbox", job.id)
     for job in await store.stale(older_than=timedelta(seconds=settings.stale_after)):
         if job.attempts >= settings.max_attempts:  # released, it would run once more, forever
-            reason = (f"gave up after {job.attempts} attempts: the last one stopped sending "
-                      "heartbeats")
+            reason = (
+                f"gave up after {job.attempts} attempts: the last one stopped sending heartbeats"
+            )
             if await store.fail(job.id, reason, attempt=job.attempts):
                 log.error("job %s failed: %s", job.id, reason)
             continue
         if await store.release(job, error=f"attempt {job.attempts} stopped sending heartbeats"):
             await queue.publish(JobMessage.for_job(job), priority=job.priority)
-            log.warning("job %s: attempt %d went silent; handed to another worker", job.id,
-                        job.attempts)
+            log.warning(
+                "job %s: attempt %d went silent; handed to another worker", job.id, job.attempts
+            )
     lost = await store.pending(older_than=timedelta(seconds=settings.republish_after))
     if lost and await queue.waiting() == 0:
         for job in lost:
             await queue.publish(JobMessage.for_job(job), priority=job.priority)
             await store.heartbeat_pending(job.id)
-            log.warning("job %s: waited %s s with an empty queue; published again", job.id,
-                        int(settings.republish_after))
+            log.warning(
+                "job %s: waited %s s with an empty queue; published again",
+                job.id,
+                int(settings.republish_after),
+            )
 
 
 async def recovery_loop(settings: Settings, backends: Backends) -> None:
@@ -142,8 +162,10 @@ async def requeue_after_restart(store: JobStore, *, max_attempts: int) -> None:
 
     for job in await store.list(status=JobStatus.PROCESSING, limit=10_000):
         if job.attempts >= max_attempts:
-            reason = (f"gave up after {job.attempts} attempts: the last one stopped without "
-                      "finishing (the process died)")
+            reason = (
+                f"gave up after {job.attempts} attempts: the last one stopped without "
+                "finishing (the process died)"
+            )
             if await store.fail(job.id, reason, attempt=job.attempts):
                 log.error("job %s failed: %s", job.id, reason)
             continue

@@ -40,32 +40,52 @@ QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
 UPLOAD_FORM = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": {"type": "string", "format": "binary",
-                         "description": "Audio or video: wav, mp3, ogg/opus, m4a/aac, flac, "
-                                        "webm, mp4, ..."},
-                "language": {"type": "string", "default": "vi",
-                             "description": "ISO 639-1 code, an English language name, or "
-                                            "'auto' to detect"},
-                "model": {"type": "string", "description": "Installed model name "
-                          "(default: WHISPER_MODEL)"},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 10, "default": 5},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Audio or video: wav, mp3, ogg/opus, m4a/aac, flac, "
+                            "webm, mp4, ...",
+                        },
+                        "language": {
+                            "type": "string",
+                            "default": "vi",
+                            "description": "ISO 639-1 code, an English language name, or "
+                            "'auto' to detect",
+                        },
+                        "model": {
+                            "type": "string",
+                            "description": "Installed model name (default: WHISPER_MODEL)",
+                        },
+                        "priority": {"type": "integer", "minimum": 0, "maximum": 10, "default": 5},
+                    },
+                }
+            }
+        },
     }
 }
 
 
-@router.post("/upload", status_code=201, response_model=UploadResponse, responses=UPLOAD_ERRORS,
-             openapi_extra=UPLOAD_FORM, summary="Upload audio and queue a transcription job")
-async def upload(request: Request, settings: SettingsDep,
-                 backends: BackendsDep) -> UploadResponse:
-    received = await receive_upload(request, spool_dir=settings.temp_dir / "uploads",
-                                    max_bytes=settings.max_upload_bytes,
-                                    idle_timeout=settings.upload_idle_timeout)
+@router.post(
+    "/upload",
+    status_code=201,
+    response_model=UploadResponse,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=UPLOAD_FORM,
+    summary="Upload audio and queue a transcription job",
+)
+async def upload(request: Request, settings: SettingsDep, backends: BackendsDep) -> UploadResponse:
+    received = await receive_upload(
+        request,
+        spool_dir=settings.temp_dir / "uploads",
+        max_bytes=settings.max_upload_bytes,
+        idle_timeout=settings.upload_idle_timeout,
+    )
     try:
         job = await service.submit(settings, backends, received)
     finally:  # stored by now (moved or copied), or refused: the spool file goes either way
@@ -73,25 +93,42 @@ async def upload(request: Request, settings: SettingsDep,
     message = "Task created and queued for processing"
     if not job.published:
         message = "Task created; the queue is unavailable, it will be queued as soon as it is back"
-    return UploadResponse(job_id=job.id, message=message, details=UploadDetails(
-        filename=job.filename, size_mb=round(job.size_bytes / (1024 * 1024), 3),
-        language=job.language, model=job.model))
+    return UploadResponse(
+        job_id=job.id,
+        message=message,
+        details=UploadDetails(
+            filename=job.filename,
+            size_mb=round(job.size_bytes / (1024 * 1024), 3),
+            language=job.language,
+            model=job.model,
+        ),
+    )
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
-            summary="Health of the database, the queue and the storage")
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse}},
+    summary="Health of the database, the queue and the storage",
+)
 async def health(backends: BackendsDep) -> JSONResponse:
     services = await service.health(backends)
     healthy = all(value == "healthy" for value in services.values())
     body = HealthResponse(
-        status="healthy" if healthy else "unhealthy", services=services,
-        backends={"database": backends.store.name, "rabbitmq": backends.queue.name,
-                  "storage": backends.blobs.name})
+        status="healthy" if healthy else "unhealthy",
+        services=services,
+        backends={
+            "database": backends.store.name,
+            "rabbitmq": backends.queue.name,
+            "storage": backends.blobs.name,
+        },
+    )
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 
 
-@router.get("", response_model=JobListResponse, responses=QUERY_ERRORS,
-            summary="List jobs, newest first")
+@router.get(
+    "", response_model=JobListResponse, responses=QUERY_ERRORS, summary="List jobs, newest first"
+)
 async def list_jobs(
     backends: BackendsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
@@ -101,16 +138,25 @@ async def list_jobs(
     return JobListResponse(count=len(jobs), jobs=[JobStatusResponse.of(job) for job in jobs])
 
 
-@router.get("/{job_id}/status", response_model=JobStatusResponse, responses=ERRORS,
-            summary="State and progress of a job")
+@router.get(
+    "/{job_id}/status",
+    response_model=JobStatusResponse,
+    responses=ERRORS,
+    summary="State and progress of a job",
+)
 async def job_status(job_id: JobId, backends: BackendsDep) -> JobStatusResponse:
     return JobStatusResponse.of(await backends.store.get(job_id))
 
 
-@router.get("/{job_id}/result", response_model=JobResultResponse, responses=ERRORS,
-            summary="Transcript of a job (transcription is null until it is COMPLETED)")
-async def job_result(job_id: JobId, request: Request, settings: SettingsDep,
-                     backends: BackendsDep) -> JobResultResponse:
+@router.get(
+    "/{job_id}/result",
+    response_model=JobResultResponse,
+    responses=ERRORS,
+    summary="Transcript of a job (transcription is null until it is COMPLETED)",
+)
+async def job_result(
+    job_id: JobId, request: Request, settings: SettingsDep, backends: BackendsDep
+) -> JobResultResponse:
     job = await backends.store.get(job_id)
     segments: list[SegmentOut] = []
     download_url = None
@@ -131,36 +177,67 @@ async def job_result(job_id: JobId, request: Request, settings: SettingsDep,
     else:
         message = f"The job is {job.status.value}; the transcript is not ready yet"
     return JobResultResponse(
-        job_id=job.id, status=job.status, filename=job.filename, language=job.language,
+        job_id=job.id,
+        status=job.status,
+        filename=job.filename,
+        language=job.language,
         detected_language=job.detected_language,
         transcription=job.transcription if job.status is JobStatus.COMPLETED else None,
-        segments=segments, duration_seconds=job.duration_seconds,
-        processing_time_seconds=job.processing_time_seconds, created_at=job.created_at,
-        completed_at=job.completed_at, download_url=download_url, message=message)
+        segments=segments,
+        duration_seconds=job.duration_seconds,
+        processing_time_seconds=job.processing_time_seconds,
+        created_at=job.created_at,
+        completed_at=job.completed_at,
+        download_url=download_url,
+        message=message,
+    )
 
 
-@router.get("/{job_id}/download", responses=ERRORS, summary="The transcript document (JSON)",
-            response_class=Response)
+@router.get(
+    "/{job_id}/download",
+    responses=ERRORS,
+    summary="The transcript document (JSON)",
+    response_class=Response,
+)
 async def download(job_id: JobId, backends: BackendsDep) -> Response:
     job = await backends.store.get(job_id)
     if job.status is not JobStatus.COMPLETED or job.result_key is None:
-        return JSONResponse({"status": "error", "detail": f"job {job_id} is {job.status.value};"
-                             " there is no transcript to download"}, status_code=409)
+        return JSONResponse(
+            {
+                "status": "error",
+                "detail": f"job {job_id} is {job.status.value}; there is no transcript to download",
+            },
+            status_code=409,
+        )
     data = await backends.blobs.get_bytes(job.result_key)
-    return Response(data, media_type="application/json", headers={
-        "Content-Disposition": f'attachment; filename="{job.id}.json"'})
+    return Response(
+        data,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'},
+    )
 
 
-@router.post("/{job_id}/cancel", response_model=CancelResponse, responses=ERRORS,
-             summary="Cancel a queued or running job")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=CancelResponse,
+    responses=ERRORS,
+    summary="Cancel a queued or running job",
+)
 async def cancel(job_id: JobId, backends: BackendsDep) -> CancelResponse:
     job = await backends.store.cancel(job_id)
-    return CancelResponse(job_id=job.id, job_status=job.status,
-                          message="Cancelled; a running job stops within seconds")
+    return CancelResponse(
+        job_id=job.id,
+        job_status=job.status,
+        message="Cancelled; a running job stops within seconds",
+    )
 
 
-@router.delete("/{job_id}", response_model=CancelResponse, responses=ERRORS,
-               summary="Delete a finished job and its stored files")
+@router.delete(
+    "/{job_id}",
+    response_model=CancelResponse,
+    responses=ERRORS,
+    summary="Delete a finished job and its stored files",
+)
 async def delete(job_id: JobId, backends: BackendsDep) -> CancelResponse:
     job = await service.delete_job(backends, job_id)
     return CancelResponse(job_id=job.id, job_status=job.status, message="Deleted")
