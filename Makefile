@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean
+.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean reset-data
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -52,5 +52,12 @@ test: models system-deps rabbitmq lint typecheck
 bench: models system-deps rabbitmq
 	$(BIN)/python -m bench.run
 
+# Build output only: caches and package metadata. The venv, models and data stay.
 clean:
-	rm -rf $(VENV) data .test-data .bench-data .stack
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find src tests bench scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deletes every job, upload and transcript of the embedded backends (data/) and of `make stack`
+# (.stack/), and the test and bench caches.
+reset-data:
+	rm -rf data .stack .test-data .bench-data

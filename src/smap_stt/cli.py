@@ -173,19 +173,39 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
 
 
+def _settings_or_exit() -> Settings:
+    """Settings, or one line per bad value and exit code 2 (a configuration error, as a
+    service manager should see it), never a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"smap-stt: invalid setting {str(e['loc'][0]).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from smap_stt.errors import SttError
+    from smap_stt.errors import ConfigurationError, SttError
 
     args = build_parser().parse_args(argv)
     _limit_malloc_arenas()
-    settings = Settings()
-    # The one-shot commands print their results on stdout (`transcribe --json` is piped), so
-    # their logs go to stderr.
-    setup_logging(
-        settings, stream=sys.stderr if args.command in ("transcribe", "models") else sys.stdout
-    )
+    settings = _settings_or_exit()
     try:
+        # The one-shot commands print their results on stdout (`transcribe --json` is piped),
+        # so their logs go to stderr.
+        setup_logging(
+            settings,
+            stream=sys.stderr if args.command in ("transcribe", "models") else sys.stdout,
+        )
         args.run(settings, args)
+    except ConfigurationError as exc:
+        print(f"smap-stt: {exc}", file=sys.stderr)
+        sys.exit(2)
     except SttError as exc:
         sys.exit(f"smap-stt: {exc}")
 

@@ -7,13 +7,15 @@ directory; the `api` and `worker` commands use RabbitMQ, `serve` the in-process 
 
 from __future__ import annotations
 
+import json
 import os
+import types
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,9 +23,39 @@ def _default_concurrency() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _container(annotation: Any) -> type | None:
+    """`list`, `set`, `tuple` or `dict` when a field holds one (also inside `X | None`)."""
+    origin = get_origin(annotation) or annotation
+    if origin in (Union, types.UnionType):
+        for member in get_args(annotation):
+            if (found := _container(member)) is not None:
+                return found
+        return None
+    return origin if origin in (list, set, tuple, dict) else None
+
+
+def split_setting(text: str, container: type) -> object:
+    """The value of a list- or dict-valued setting as written in the environment or `.env`:
+    `5,30,120` and `a=1,b=2` (the form the docs show), or JSON (`[5, 30]`, `{"a": 1}`).
+    pydantic-settings alone would accept JSON only, so `cp .env.example .env` would break."""
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        return json.loads(stripped)
+    parts = [part.strip() for part in stripped.split(",") if part.strip()]
+    if container is dict:
+        pairs = [part.partition("=") for part in parts]
+        return {key.strip(): value.strip() for key, _, value in pairs}
+    return parts
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        # Complex values are parsed by `_split_complex` (comma form or JSON), not as JSON only.
+        enable_decoding=False,
     )
 
     # HTTP API
@@ -152,14 +184,20 @@ class Settings(BaseSettings):
     )
     log_file: str = Field("", description="Also log to this file (empty: stdout only).")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _split_complex(cls, value: object, info: ValidationInfo) -> object:
+        """Every list- or dict-valued setting takes the comma form from the environment and
+        `.env` (see `split_setting`), whatever its name."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        container = _container(cls.model_fields[info.field_name].annotation)
+        return value if container is None else split_setting(value, container)
+
     @field_validator("retry_delays", mode="before")
     @classmethod
-    def _split_delays(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [int(part) for part in value.replace(" ", "").split(",") if part]
-        if isinstance(value, int):
-            return [value]
-        return value
+    def _one_delay(cls, value: object) -> object:
+        return [value] if isinstance(value, int) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

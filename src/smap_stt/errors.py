@@ -56,3 +56,9 @@ class ModelCorrupt(SttError):
 
 class JobCancelled(SttError):
     """The job was cancelled, timed out or taken over while it ran; stop working on it."""
+
+
+# --- issue 15 (deploy): settings that conflict with what exists; the process must not start.
+class ConfigurationError(SttError):
+    """A setting cannot be used as given (a log file that cannot be written, a queue that
+    exists with other arguments); the message says what to change."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from smap_stt.config import Settings
+from smap_stt.errors import ConfigurationError
 
 current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="")
 
@@ -21,10 +23,21 @@ class _JobFilter(logging.Filter):
         return True
 
 
+def _file_handler(path: Path) -> logging.FileHandler:
+    """Under a service manager the log directory often does not exist yet: create it. A path
+    that cannot be written is one clear error, not a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return logging.FileHandler(path)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(f"LOG_FILE {path} cannot be written: {reason}") from exc
+
+
 def setup_logging(settings: Settings, *, stream: TextIO = sys.stdout) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
     if settings.log_file:
-        handlers.append(logging.FileHandler(settings.log_file))
+        handlers.append(_file_handler(Path(settings.log_file)))
     for handler in handlers:
         handler.addFilter(_JobFilter())
         handler.setFormatter(logging.Formatter(FORMAT))
