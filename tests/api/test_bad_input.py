@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import _delete_topology
-from tests.procs import Service, base_env, free_port
+from tests.procs import Service, base_env, free_port, wait_final
 from tests.speech import cached_speech, paragraphs
 
 LIMIT_MB = 2
@@ -414,3 +416,31 @@ def test_unsupported_methods_are_405_with_allow(
         assert response.headers["allow"] == allowed  # was dropped by the error handler
         if method != "HEAD":
             _assert_error(response, 405, "method not allowed")
+
+
+# --- issue 15: what "no sound" means, exactly as the README says it.
+def _silent_wav(seconds: float) -> bytes:
+    """`seconds` of digital silence, 16 kHz mono 16-bit, made with the stdlib alone."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\0\0" * round(seconds * 16000))
+    return buffer.getvalue()
+
+
+def test_audio_shorter_than_min_audio_seconds_is_refused(client: httpx.Client) -> None:
+    _assert_error(_post(client, "blip.wav", _silent_wav(0.05)), 422, "at least 0.1 s")
+
+
+def test_silence_completes_with_an_empty_transcript_and_says_so(client: httpx.Client) -> None:
+    response = _post(client, "silence.wav", _silent_wav(2.0))
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+    final = wait_final(client, job_id, timeout=120)
+    assert final["status"] == "COMPLETED", final
+    result = client.get(f"/api/v1/tasks/{job_id}/result").json()
+    assert result["transcription"] == ""
+    assert result["segments"] == []
+    assert result["message"] == "Transcription completed: no speech was found in the audio"

@@ -170,6 +170,9 @@ async def job_result(
             base = settings.public_base_url or str(request.base_url)
             download_url = f"{base.rstrip('/')}/api/v1/tasks/{job.id}/download"
         message = "Transcription completed"
+        # Issue 15: silence, noise or music completes with an empty transcript; say why.
+        if not (job.transcription or "").strip() and not segments:
+            message = "Transcription completed: no speech was found in the audio"
     elif job.status is JobStatus.FAILED:
         message = f"Transcription failed: {job.error_message}"
     elif job.status is JobStatus.CANCELLED:
