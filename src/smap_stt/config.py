@@ -159,6 +159,24 @@ class Settings(BaseSettings):
         60, ge=0, description="On SIGTERM, how long running jobs may take before being handed back."
     )
 
+    # Dialects (issue 10): synchronous endpoints, submit once
+    sync_wait_seconds: float = Field(
+        600,
+        gt=0,
+        description="How long /v1/audio/* and /asr wait for their job before answering "
+        "with a timeout that names the job id (poll /api/v1/tasks/{id}/status then).",
+    )
+    dedup: bool = Field(
+        False,
+        description="An upload identical to a finished job (same file bytes, same options) "
+        "gets a new job COMPLETED at once with that job's transcript, without transcribing.",
+    )
+    eta_sample_jobs: int = Field(
+        20,
+        ge=1,
+        description="Completed jobs whose speed (processing s per audio s) estimates eta_seconds.",
+    )
+
     # Whisper
     whisper_model: str = Field("base", description="Default model name.")
     whisper_models_dir: Path = Field(Path("models"), description="Installed model directories.")

@@ -38,6 +38,10 @@ class InvalidRequest(SttError):
         self.status_code = status_code
 
 
+class DuplicateIdempotencyKey(SttError):
+    """Another job already holds this Idempotency-Key (the store's unique index said so)."""
+
+
 class AudioError(SttError):
     """The file is not audio that can be decoded, or holds (almost) no sound."""
 

@@ -65,6 +65,13 @@ class Job:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     heartbeat_at: datetime | None = None
+    # --- dialects (issue 10): submit once, dedup ---
+    idempotency_key: str | None = None
+    """The client's Idempotency-Key, scoped by owner (see `service.scoped_key`)."""
+    content_sha256: str | None = None
+    """Hex sha256 of the uploaded file, computed while it streamed in."""
+    deduplicated_from: str | None = None
+    """With DEDUP=true: the finished job whose transcript this one reuses."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

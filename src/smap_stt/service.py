@@ -13,8 +13,15 @@ from typing import Any
 from smap_stt.api.upload import Upload
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
-from smap_stt.errors import AudioError, AudioTooShort, BackendUnavailable, InvalidRequest
-from smap_stt.jobs import Job, JobMessage, new_job_id
+from smap_stt.errors import (
+    AudioError,
+    AudioTooShort,
+    BackendUnavailable,
+    DuplicateIdempotencyKey,
+    InvalidRequest,
+    JobNotFound,
+)
+from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
 from smap_stt.stt import audio, registry
 from smap_stt.stt.languages import normalize_language
 from smap_stt.stt.models import available_models
@@ -48,13 +55,20 @@ async def parse_request(
     return JobRequest(language=code or "auto", model=model, priority=priority)
 
 
-async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
+async def submit(
+    settings: Settings, backends: Backends, upload: Upload, *, idempotency_key: str | None = None
+) -> Job:
     """Turn a received upload into a queued job. The audio is stored and the job recorded
     before publishing; if the broker is down the job waits in the outbox (published=False)
-    and the recovery loop publishes it once the broker answers."""
+    and the recovery loop publishes it once the broker answers.
+
+    `idempotency_key` (already scoped, see `submit_once`) is stored with the job under a
+    unique index: a second job with the key raises DuplicateIdempotencyKey."""
     request = await parse_request(settings, backends, upload.fields)
     try:
-        await asyncio.to_thread(audio.probe, upload.path, min_seconds=settings.min_audio_seconds)
+        info = await asyncio.to_thread(
+            audio.probe, upload.path, min_seconds=settings.min_audio_seconds
+        )
     except AudioTooShort as exc:
         raise InvalidRequest(str(exc), status_code=422) from None
     except AudioError as exc:
@@ -73,7 +87,15 @@ async def submit(settings: Settings, backends: Backends, upload: Upload) -> Job:
         size_bytes=upload.size,
         audio_key=f"uploads/{job_id}{upload.suffix}",
         published=True,
+        # dialects (issue 10): the length known from the probe feeds queue estimates
+        duration_seconds=round(info.duration, 3),
+        idempotency_key=idempotency_key,
+        content_sha256=upload.sha256 or None,
     )
+    if settings.dedup and upload.sha256:
+        twin = await _finished_twin(backends, job)
+        if twin is not None:
+            return await _reuse(backends, job, twin, upload)
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
     try:
         await backends.store.create(job)
@@ -134,3 +156,187 @@ async def health(backends: Backends) -> dict[str, str]:
         check(backends.store.ping), check(backends.queue.ping), check(backends.blobs.ping)
     )
     return {"database": database, "rabbitmq": queue, "storage": storage}
+
+
+# --- dialects (issue 10): submit once, DEDUP, where a job stands, waiting for a job -----------
+
+RESULT_PREFIX = "results/"  # the worker's result_key(); not imported: the worker loads the model
+# Job fields that change what the transcript says: two jobs agreeing on all of them (and on the
+# file's bytes) have the same transcript. getattr: some come with the outputs issue.
+TRANSCRIPT_OPTIONS = (
+    "language",
+    "model",
+    "task",
+    "word_timestamps",
+    "initial_prompt",
+    "hotwords",
+    "beam_size",
+    "vad_filter",
+    "temperature",
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool
+    """False: the Idempotency-Key named an existing job, which is returned instead."""
+
+
+def scoped_key(key: str, owner: str | None = None) -> str:
+    """The stored form of an Idempotency-Key: keys are per owner, so two tenants using the same
+    key get two jobs. `owner` is the API key id once authentication exists (issue 12); until
+    then all keys share one scope."""
+    key = key.strip()
+    if not key or len(key) > 255 or not key.isprintable():
+        raise InvalidRequest(
+            "the Idempotency-Key header must be 1 to 255 printable characters", 400
+        )
+    return key if owner is None else f"{owner}\x1f{key}"
+
+
+async def submit_once(
+    settings: Settings,
+    backends: Backends,
+    upload: Upload,
+    *,
+    idempotency_key: str | None = None,
+    owner: str | None = None,
+) -> Submission:
+    """`submit`, at most once per Idempotency-Key: the same key with the same file (by
+    sha256) returns the job made first; with another file it is refused (409). Concurrent
+    uploads with one key race on the store's unique index, in any number of API processes:
+    one creates the job, the others find it and return it."""
+    if idempotency_key is None:
+        return Submission(await submit(settings, backends, upload), created=True)
+    key = scoped_key(idempotency_key, owner)
+    existing = await backends.store.by_idempotency_key(key)
+    if existing is None:
+        try:
+            job = await submit(settings, backends, upload, idempotency_key=key)
+            return Submission(job, created=True)
+        except DuplicateIdempotencyKey:
+            existing = await backends.store.by_idempotency_key(key)
+            if existing is None:  # made and deleted within the race: rare, say so
+                raise InvalidRequest(
+                    "another upload with this Idempotency-Key was being processed; try again",
+                    status_code=409,
+                ) from None
+    if existing.content_sha256 != upload.sha256:
+        raise InvalidRequest(
+            f"the Idempotency-Key {idempotency_key!r} was already used for another file "
+            f"(job {existing.id}); send a new key with a new file",
+            status_code=409,
+        )
+    log.info("job %s returned again for its Idempotency-Key", existing.id)
+    return Submission(existing, created=False)
+
+
+async def _finished_twin(backends: Backends, job: Job) -> Job | None:
+    """A COMPLETED job with the same file bytes and the same transcript options, if any."""
+    assert job.content_sha256 is not None
+    for other in await backends.store.by_content(job.content_sha256):
+        if other.status is not JobStatus.COMPLETED or other.result_key is None:
+            continue
+        if all(
+            getattr(other, name, None) == getattr(job, name, None) for name in TRANSCRIPT_OPTIONS
+        ):
+            return other
+    return None
+
+
+async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job:
+    """DEDUP: `job` becomes COMPLETED at once with a copy of `twin`'s transcript. A copy, not a
+    reference: each job owns its files, so deleting one never breaks the other."""
+    assert twin.result_key is not None
+    document = await load_result(backends, twin)
+    if document is None:
+        raise JobNotFound(f"the transcript of job {twin.id} is missing")
+    document = {**document, "job_id": job.id, "filename": job.filename}
+    now = utcnow()
+    job.status = JobStatus.COMPLETED
+    job.progress = 100.0
+    job.transcription = twin.transcription
+    job.detected_language = twin.detected_language
+    job.duration_seconds = twin.duration_seconds
+    job.processing_time_seconds = 0.0
+    job.result_key = f"{RESULT_PREFIX}{job.id}.json"
+    job.deduplicated_from = twin.id
+    job.started_at = job.completed_at = now
+    if hasattr(twin, "language_probability"):
+        job.language_probability = twin.language_probability  # type: ignore[attr-defined]
+    data = await asyncio.to_thread(lambda: json.dumps(document, ensure_ascii=False).encode())
+    await backends.blobs.put_file(job.audio_key, upload.path, move=True)
+    try:
+        await backends.blobs.put_bytes(job.result_key, data, content_type="application/json")
+        await backends.store.create(job)
+    except BaseException:
+        await asyncio.shield(_delete_blobs(backends, job.audio_key, job.result_key))
+        raise
+    log.info("job %s completed at once: same file and options as job %s", job.id, twin.id)
+    return job
+
+
+async def _delete_blobs(backends: Backends, *keys: str) -> None:
+    for key in keys:
+        with contextlib.suppress(BackendUnavailable):
+            await backends.blobs.delete(key)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a job stands: estimates, not promises (documented as such in docs/API.md)."""
+
+    queue_position: int | None
+    eta_seconds: float | None
+
+
+async def standing(settings: Settings, backends: Backends, job: Job) -> Standing:
+    """`queue_position` (PENDING only): jobs that run before this one: higher priority, or
+    the same priority and older. `eta_seconds` (PENDING and PROCESSING): seconds until this
+    job is done, from this deployment's measured speed (processing seconds per audio second
+    over the last ETA_SAMPLE_JOBS completed jobs) × the audio still to transcribe before and
+    in it, divided by the jobs running at once (while jobs wait, every consumer slot is busy,
+    so the PROCESSING count is the parallelism). None when nothing was measured yet."""
+    if job.status not in (JobStatus.PENDING, JobStatus.PROCESSING):
+        return Standing(None, None)
+    samples = await backends.store.speed_samples(settings.eta_sample_jobs)
+    speed = sum(p for p, _ in samples) / sum(d for _, d in samples) if samples else None
+    own_left = (job.duration_seconds or 0.0) * (100.0 - job.progress) / 100.0
+    if job.status is JobStatus.PROCESSING:
+        eta = None if speed is None else own_left * speed
+        return Standing(None, None if eta is None else round(eta, 1))
+    ahead, ahead_seconds = await backends.store.queue_ahead(job)
+    running, running_seconds = await backends.store.running()
+    if speed is None:
+        return Standing(ahead, None)
+    parallel = max(1, running)
+    eta = (ahead_seconds + running_seconds) * speed / parallel + own_left * speed
+    return Standing(ahead, round(eta, 1))
+
+
+class WaitTimeout(Exception):
+    """The job did not reach a final state within the wait; it goes on in the queue."""
+
+    def __init__(self, job: Job, waited: float) -> None:
+        super().__init__(
+            f"job {job.id} is still {job.status.value} after {waited:g} s; it goes on in the "
+            f"queue: poll /api/v1/tasks/{job.id}/status and fetch /api/v1/tasks/{job.id}/result"
+        )
+        self.job = job
+
+
+async def wait_for(backends: Backends, job: Job, *, seconds: float) -> Job:
+    """Poll the store until the job is final (short backoff: 50 ms growing to 1 s), never
+    blocking the loop. Raises WaitTimeout past `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = 0.05
+    while not job.status.final:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise WaitTimeout(job, seconds)
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 1.5, 1.0)
+        job = await backends.store.get(job.id)
+    return job

@@ -41,11 +41,31 @@ class JobStatusResponse(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    # --- dialects (issue 10): estimates, see docs/API.md ---
+    queue_position: int | None = Field(
+        None,
+        description="PENDING only (status endpoint): jobs that run before this one (higher "
+        "priority, or the same priority and older). An estimate: retries and new urgent jobs "
+        "can move it.",
+    )
+    eta_seconds: float | None = Field(
+        None,
+        description="PENDING and PROCESSING (status endpoint): estimated seconds until the "
+        "job is done, from this deployment's speed on recent jobs; null until a job was "
+        "measured.",
+    )
+    deduplicated_from: str | None = Field(
+        None, description="DEDUP=true: the finished job whose transcript this job reuses."
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobStatusResponse:
+    def of(
+        cls, job: Job, *, queue_position: int | None = None, eta_seconds: float | None = None
+    ) -> JobStatusResponse:
         return cls(
             job_id=job.id,
+            queue_position=queue_position,
+            eta_seconds=eta_seconds,
             **{
                 name: getattr(job, name)
                 for name in (
@@ -65,6 +85,7 @@ class JobStatusResponse(BaseModel):
                     "started_at",
                     "completed_at",
                     "updated_at",
+                    "deduplicated_from",
                 )
             },
         )
@@ -96,6 +117,13 @@ class JobListResponse(BaseModel):
     status: str = "success"
     count: int
     jobs: list[JobStatusResponse]
+    # --- dialects (issue 10): paging ---
+    total: int = Field(0, description="Jobs matching the filter, over all pages.")
+    offset: int = Field(0, description="Jobs skipped before this page.")
+    limit: int = Field(20, description="Page size used (at most 100).")
+    next_offset: int | None = Field(
+        None, description="The offset of the next page; null on the last page."
+    )
 
 
 class CancelResponse(BaseModel):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
+import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
@@ -31,6 +34,7 @@ class Upload:
     path: Path
     size: int
     fields: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""  # dialects (issue 10): hex digest of the file as received
 
     @property
     def suffix(self) -> str:
@@ -45,9 +49,40 @@ def clean_filename(raw: str) -> str:
     return name[:255] or "upload"
 
 
+# dialects (issue 10): `encode=false` bodies are headerless 16 kHz mono s16le PCM.
+PCM_RATE = 16000
+
+
+def wav_header(data_bytes: int, *, rate: int = PCM_RATE) -> bytes:
+    """A 44-byte RIFF/WAVE header for mono 16-bit PCM of `data_bytes` bytes."""
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        min(36 + data_bytes, 0xFFFFFFFF),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        rate,
+        rate * 2,
+        2,
+        16,
+        b"data",
+        min(data_bytes, 0xFFFFFFFF),
+    )
+
+
+def _patch_wav_sizes(path: Path, data_bytes: int) -> None:
+    """Write the real sizes into the header that was streamed with placeholders."""
+    with path.open("r+b") as spool:
+        spool.write(wav_header(data_bytes))
+
+
 class _FormCollector:
-    def __init__(self, spool_path: Path) -> None:
+    def __init__(self, spool_path: Path, file_field: str = "file") -> None:
         self.spool_path = spool_path
+        self.file_field = file_field
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.file_size = 0
@@ -97,9 +132,11 @@ class _FormCollector:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
+        if self._name == self.file_field:
             if self.saw_file:
-                raise InvalidRequest("the form has more than one 'file' field; send one file")
+                raise InvalidRequest(
+                    f"the form has more than one {self.file_field!r} field; send one file"
+                )
             self.saw_file = True
             self._is_file = True
             self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
@@ -115,10 +152,18 @@ class _FormCollector:
 
     def _part_end(self) -> None:
         if not self._is_file and self._name:
-            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
+            value = self._value.decode("utf-8", "replace").strip()
+            if self._name in self.fields:  # repeated (`timestamp_granularities[]`): joined
+                value = f"{self.fields[self._name]},{value}"
+                if len(value) > MAX_FIELD_BYTES:
+                    raise InvalidRequest(f"form field {self._name!r} is too long", 422)
+            self.fields[self._name] = value
 
 
-def _append(path: Path, data: bytes | bytearray) -> None:
+def _append(path: Path, data: bytes | bytearray, digest: Any = None) -> None:
+    """Append to the spool file (and feed the content hash), off the event loop."""
+    if digest is not None:
+        digest.update(data)
     try:
         spool = path.open("ab")
     except FileNotFoundError:  # the spool directory is made on first use (or if removed)
@@ -129,17 +174,28 @@ def _append(path: Path, data: bytes | bytearray) -> None:
 
 
 async def receive_upload(
-    request: Request, *, spool_dir: Path, max_bytes: int, idle_timeout: float = 60
+    request: Request,
+    *,
+    spool_dir: Path,
+    max_bytes: int,
+    idle_timeout: float = 60,
+    file_field: str = "file",
+    raw_pcm: bool = False,
 ) -> Upload:
     """Parse a multipart upload into a spool file. Raises InvalidRequest (400/408/413/415/422);
     on any error nothing is left on disk. A client that stops sending for `idle_timeout`
-    seconds is refused (408), so a stalled upload cannot hold a spool file forever."""
+    seconds is refused (408), so a stalled upload cannot hold a spool file forever.
+
+    The file's sha256 is computed as its bytes go to disk (never by reading it again).
+    `raw_pcm`: the file is headerless 16 kHz mono s16le PCM (whisper-asr-webservice's
+    `encode=false`); a WAV header is written in front of it as it streams, so the spool file
+    is an ordinary WAV for the probe and the worker."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary", b"")
     if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest(
             "send the audio as multipart/form-data (with its boundary) and the file in a field "
-            "named 'file'",
+            f"named {file_field!r}",
             status_code=415,
         )
     if len(boundary) > MAX_BOUNDARY:
@@ -155,8 +211,12 @@ async def receive_upload(
         raise too_large
 
     spool = spool_dir / f"upload-{uuid.uuid4().hex}.part"
-    collector = _FormCollector(spool)
+    collector = _FormCollector(spool, file_field)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    if raw_pcm:  # placeholder sizes, patched once the length is known
+        header = wav_header(0)
+        collector.pending += header
     received = 0
     chunks = request.stream()
     try:
@@ -179,23 +239,31 @@ async def receive_upload(
                 raise too_large
             if len(collector.pending) >= FLUSH_BYTES:
                 data, collector.pending = collector.pending, bytearray()
-                await asyncio.to_thread(_append, spool, data)
+                await asyncio.to_thread(_append, spool, data, digest)
         parser.finalize()
         if parser.state != MultipartState.END:
             raise InvalidRequest(
                 "malformed multipart body: it ends before its closing boundary", status_code=400
             )
         if collector.pending or not collector.file_size:
-            await asyncio.to_thread(_append, spool, collector.pending)
+            await asyncio.to_thread(_append, spool, collector.pending, digest)
         if not collector.saw_file:
-            raise InvalidRequest("the form has no 'file' field: send the audio as file=@...")
-        if collector.file_size == 0:
+            raise InvalidRequest(
+                f"the form has no {file_field!r} field: send the audio as {file_field}=@..."
+            )
+        if collector.file_size <= 0:
             raise InvalidRequest("the uploaded file is empty", status_code=422)
+        filename = clean_filename(collector.filename or "")
+        if raw_pcm:
+            await asyncio.to_thread(_patch_wav_sizes, spool, collector.file_size)
+            if not filename.lower().endswith(".wav"):
+                filename = f"{filename}.wav"
         return Upload(
-            filename=clean_filename(collector.filename or ""),
+            filename=filename,
             path=spool,
             size=collector.file_size,
             fields=collector.fields,
+            sha256=digest.hexdigest(),
         )
     except FormParserError as exc:  # the body does not parse (also: too many part headers)
         await asyncio.to_thread(unlink_spool, spool)

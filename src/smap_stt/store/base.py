@@ -43,8 +43,9 @@ class JobStore(ABC):
         newest_first: bool = True,
         published: bool | None = None,
         updated_before: datetime | None = None,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs matching every given filter, by `created_at`."""
+        """Jobs matching every given filter, by `created_at` (then id), skipping `offset`."""
 
     @abstractmethod
     async def _update(
@@ -60,6 +61,27 @@ class JobStore(ABC):
 
     @abstractmethod
     async def _delete(self, job_id: str) -> bool: ...
+
+    # --- dialects (issue 10): paging, queue position, speed, lookups by key or content ---
+
+    @abstractmethod
+    async def _count(
+        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+    ) -> tuple[int, float]:
+        """How many jobs match, and the audio seconds they have left to transcribe (known
+        `duration_seconds` × (100 − progress) / 100; unknown durations count 0). With
+        `ahead_of`: only jobs that run before it (higher priority, or the same priority and
+        created earlier)."""
+
+    @abstractmethod
+    async def _find_equal(self, name: str, value: str, *, limit: int) -> list[Job]:
+        """Jobs whose field `name` (idempotency_key or content_sha256) equals `value`,
+        newest first."""
+
+    @abstractmethod
+    async def _speed_samples(self, limit: int) -> list[tuple[float, float]]:
+        """(processing_time_seconds, duration_seconds) of the latest `limit` COMPLETED jobs
+        that were transcribed (not deduplicated), most recently completed first."""
 
     @abstractmethod
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
@@ -93,9 +115,37 @@ class JobStore(ABC):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
-    async def list(self, *, status: JobStatus | None = None, limit: int = 20) -> builtins.list[Job]:
+    async def list(
+        self, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
+    ) -> builtins.list[Job]:
         statuses = None if status is None else [status]
-        return await self._find(statuses=statuses, limit=limit)
+        return await self._find(statuses=statuses, limit=limit, offset=offset)
+
+    # --- dialects (issue 10) -----------------------------------------------------------------
+
+    async def count(self, *, status: JobStatus | None = None) -> int:
+        statuses = None if status is None else [status]
+        count, _ = await self._count(statuses=statuses)
+        return count
+
+    async def queue_ahead(self, job: Job) -> tuple[int, float]:
+        """PENDING jobs that run before `job`, and their audio seconds left."""
+        return await self._count(statuses=[JobStatus.PENDING], ahead_of=job)
+
+    async def running(self) -> tuple[int, float]:
+        """PROCESSING jobs, and their audio seconds left."""
+        return await self._count(statuses=[JobStatus.PROCESSING])
+
+    async def by_idempotency_key(self, key: str) -> Job | None:
+        jobs = await self._find_equal("idempotency_key", key, limit=1)
+        return jobs[0] if jobs else None
+
+    async def by_content(self, sha256: str, *, limit: int = 20) -> builtins.list[Job]:
+        """Jobs of a file with this content hash, newest first."""
+        return await self._find_equal("content_sha256", sha256, limit=limit)
+
+    async def speed_samples(self, limit: int = 20) -> builtins.list[tuple[float, float]]:
+        return await self._speed_samples(limit)
 
     async def claim(self, job_id: str, worker_id: str, *, takeover: bool = False) -> Job | None:
         """Start a new attempt: PENDING → PROCESSING (or PROCESSING → PROCESSING when

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from smap_stt.errors import BackendUnavailable, InvalidRequest
+from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, InvalidRequest
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.store.base import JobStore
 
@@ -107,6 +107,18 @@ class MongoJobStore(JobStore):
             await self._jobs.create_index([("created_at", DESCENDING)])
             await self._jobs.create_index([("status", ASCENDING), ("created_at", DESCENDING)])
             await self._chunks.create_index([("job_id", ASCENDING), ("idx", ASCENDING)])
+            # dialects (issue 10): queue position, recent speed, one job per Idempotency-Key,
+            # DEDUP by content (partial: jobs without a key are not indexed)
+            await self._jobs.create_index(
+                [("status", ASCENDING), ("priority", DESCENDING), ("created_at", ASCENDING)]
+            )
+            await self._jobs.create_index([("status", ASCENDING), ("completed_at", DESCENDING)])
+            await self._jobs.create_index(
+                [("idempotency_key", ASCENDING)],
+                unique=True,
+                partialFilterExpression={"idempotency_key": {"$type": "string"}},
+            )
+            await self._jobs.create_index([("content_sha256", ASCENDING)])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -118,6 +130,8 @@ class MongoJobStore(JobStore):
             try:
                 await self._jobs.insert_one(_to_document(job))
             except DuplicateKeyError as exc:
+                if "idempotency_key" in str(exc.details or exc):
+                    raise DuplicateIdempotencyKey(job.idempotency_key or "") from exc
                 raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
 
     async def _get(self, job_id: str) -> Job | None:
@@ -133,6 +147,7 @@ class MongoJobStore(JobStore):
         newest_first: bool = True,
         published: bool | None = None,
         updated_before: datetime | None = None,
+        offset: int = 0,
     ) -> list[Job]:
         if limit <= 0:  # MongoDB reads limit 0 as "no limit"
             return []
@@ -144,7 +159,8 @@ class MongoJobStore(JobStore):
         if updated_before is not None:
             query["updated_at"] = {"$lt": updated_before}
         order = DESCENDING if newest_first else ASCENDING
-        cursor = self._jobs.find(query).sort([("created_at", order), ("_id", order)]).limit(limit)
+        cursor = self._jobs.find(query).sort([("created_at", order), ("_id", order)])
+        cursor = cursor.skip(max(offset, 0)).limit(limit)
         with _unavailable_on_driver_error():
             documents = await cursor.to_list()
         return [_to_job(document) for document in documents]
@@ -174,6 +190,60 @@ class MongoJobStore(JobStore):
         with _unavailable_on_driver_error():
             result = await self._jobs.delete_one({"_id": job_id})
         return result.deleted_count > 0
+
+    # --- dialects (issue 10) -----------------------------------------------------------------
+
+    async def _count(
+        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+    ) -> tuple[int, float]:
+        query: Document = {}
+        if statuses is not None:
+            query["status"] = {"$in": [_bson(status) for status in statuses]}
+        if ahead_of is not None:
+            query["$or"] = [
+                {"priority": {"$gt": ahead_of.priority}},
+                {"priority": ahead_of.priority, "created_at": {"$lt": ahead_of.created_at}},
+            ]
+        left = {
+            "$multiply": [
+                {"$ifNull": ["$duration_seconds", 0]},
+                {"$divide": [{"$subtract": [100, "$progress"]}, 100]},
+            ]
+        }
+        pipeline: list[Document] = [
+            {"$match": query},
+            {"$group": {"_id": None, "count": {"$sum": 1}, "seconds": {"$sum": left}}},
+        ]
+        with _unavailable_on_driver_error():
+            cursor = await self._jobs.aggregate(pipeline)
+            rows = await cursor.to_list()
+        if not rows:
+            return 0, 0.0
+        return int(rows[0]["count"]), float(rows[0]["seconds"] or 0.0)
+
+    async def _find_equal(self, name: str, value: str, *, limit: int) -> list[Job]:
+        if name not in ("idempotency_key", "content_sha256"):
+            raise ValueError(f"cannot look jobs up by {name!r}")
+        cursor = self._jobs.find({name: value}).sort([("created_at", DESCENDING)]).limit(limit)
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [_to_job(document) for document in documents]
+
+    async def _speed_samples(self, limit: int) -> list[tuple[float, float]]:
+        query = {
+            "status": JobStatus.COMPLETED.value,
+            "deduplicated_from": None,
+            "processing_time_seconds": {"$gt": 0},
+            "duration_seconds": {"$gt": 0},
+        }
+        projection = {"processing_time_seconds": 1, "duration_seconds": 1}
+        cursor = self._jobs.find(query, projection).sort([("completed_at", DESCENDING)])
+        with _unavailable_on_driver_error():
+            documents = await cursor.limit(limit).to_list()
+        return [
+            (float(doc["processing_time_seconds"]), float(doc["duration_seconds"]))
+            for doc in documents
+        ]
 
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
         # The _id names the chunk, so an upsert can never create a duplicate.

@@ -23,7 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smap_stt.errors import BackendUnavailable, InvalidRequest
+from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, InvalidRequest
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.store.base import JobStore
 
@@ -146,6 +146,8 @@ class SqliteJobStore(JobStore):
             try:
                 conn.execute(sql, list(values.values()))
             except sqlite3.IntegrityError as exc:
+                if "idempotency_key" in str(exc):
+                    raise DuplicateIdempotencyKey(job.idempotency_key or "") from exc
                 raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
 
         await self._run(insert)
@@ -165,6 +167,7 @@ class SqliteJobStore(JobStore):
         newest_first: bool = True,
         published: bool | None = None,
         updated_before: datetime | None = None,
+        offset: int = 0,
     ) -> list[Job]:
         if limit <= 0:
             return []
@@ -182,9 +185,9 @@ class SqliteJobStore(JobStore):
         order = "DESC" if newest_first else "ASC"
         sql = (
             f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
-            f"ORDER BY created_at {order}, id {order} LIMIT ?"
+            f"ORDER BY created_at {order}, id {order} LIMIT ? OFFSET ?"
         )
-        params.append(limit)
+        params += [limit, max(offset, 0)]
 
         def find(conn: sqlite3.Connection) -> list[Job]:
             return [_to_job(row) for row in conn.execute(sql, params).fetchall()]
@@ -221,6 +224,53 @@ class SqliteJobStore(JobStore):
             return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
         return await self._run(delete)
+
+    # --- dialects (issue 10) -----------------------------------------------------------------
+
+    async def _count(
+        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+    ) -> tuple[int, float]:
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += [_to_sql(status) for status in statuses]
+        if ahead_of is not None:
+            where.append("(priority > ? OR (priority = ? AND created_at < ?))")
+            params += [ahead_of.priority, ahead_of.priority, _to_sql(ahead_of.created_at)]
+        sql = (
+            "SELECT COUNT(*), TOTAL(COALESCE(duration_seconds, 0) * (100 - progress) / 100.0) "
+            f"FROM jobs WHERE {' AND '.join(where)}"
+        )
+
+        def count(conn: sqlite3.Connection) -> tuple[int, float]:
+            number, seconds = conn.execute(sql, params).fetchone()
+            return int(number), float(seconds)
+
+        return await self._run(count)
+
+    async def _find_equal(self, name: str, value: str, *, limit: int) -> list[Job]:
+        if name not in ("idempotency_key", "content_sha256"):
+            raise ValueError(f"cannot look jobs up by {name!r}")
+        sql = f"SELECT * FROM jobs WHERE {name} = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+
+        def find(conn: sqlite3.Connection) -> list[Job]:
+            return [_to_job(row) for row in conn.execute(sql, (value, limit)).fetchall()]
+
+        return await self._run(find)
+
+    async def _speed_samples(self, limit: int) -> list[tuple[float, float]]:
+        sql = (
+            "SELECT processing_time_seconds, duration_seconds FROM jobs "
+            "WHERE status = 'COMPLETED' AND deduplicated_from IS NULL "
+            "AND processing_time_seconds > 0 AND duration_seconds > 0 "
+            "ORDER BY completed_at DESC LIMIT ?"
+        )
+
+        def samples(conn: sqlite3.Connection) -> list[tuple[float, float]]:
+            return [(float(a), float(b)) for a, b in conn.execute(sql, (limit,)).fetchall()]
+
+        return await self._run(samples)
 
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
         text = json.dumps(data)
@@ -280,6 +330,17 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)")
+    # dialects (issue 10): queue position, recent speed, Idempotency-Key (one job per key), DEDUP
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority, created_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_status_completed ON jobs (status, completed_at)")
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_sha256) "
+        "WHERE content_sha256 IS NOT NULL"
+    )
     conn.execute(
         "CREATE TABLE IF NOT EXISTS chunks (job_id TEXT NOT NULL, idx INTEGER NOT NULL, "
         "data TEXT NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from smap_stt import service
@@ -31,8 +31,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 408, 409, 413, 415, 422, 503)
 }
+UPLOAD_ERRORS[200] = {
+    "model": UploadResponse,
+    "description": "The Idempotency-Key was used before with the same file: that job",
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Submit once: the same key with the same file returns the first job "
+        "(200); with another file, 409.",
+    ),
+]
 QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (422, 503)
 }
@@ -79,7 +92,12 @@ UPLOAD_FORM = {
     openapi_extra=UPLOAD_FORM,
     summary="Upload audio and queue a transcription job",
 )
-async def upload(request: Request, settings: SettingsDep, backends: BackendsDep) -> UploadResponse:
+async def upload(
+    request: Request,
+    settings: SettingsDep,
+    backends: BackendsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     received = await receive_upload(
         request,
         spool_dir=settings.temp_dir / "uploads",
@@ -87,13 +105,22 @@ async def upload(request: Request, settings: SettingsDep, backends: BackendsDep)
         idle_timeout=settings.upload_idle_timeout,
     )
     try:
-        job = await service.submit(settings, backends, received)
+        submission = await service.submit_once(
+            settings, backends, received, idempotency_key=idempotency_key
+        )
     finally:  # stored by now (moved or copied), or refused: the spool file goes either way
         await asyncio.to_thread(unlink_spool, received.path)
+    job = submission.job
     message = "Task created and queued for processing"
-    if not job.published:
+    if not submission.created:
+        message = f"Task already created for this Idempotency-Key; it is {job.status.value}"
+    elif job.deduplicated_from is not None:
+        message = (
+            f"Task completed at once: the same file was transcribed by job {job.deduplicated_from}"
+        )
+    elif not job.published:
         message = "Task created; the queue is unavailable, it will be queued as soon as it is back"
-    return UploadResponse(
+    body = UploadResponse(
         job_id=job.id,
         message=message,
         details=UploadDetails(
@@ -103,6 +130,7 @@ async def upload(request: Request, settings: SettingsDep, backends: BackendsDep)
             model=job.model,
         ),
     )
+    return JSONResponse(body.model_dump(), status_code=201 if submission.created else 200)
 
 
 @router.get(
@@ -132,10 +160,24 @@ async def health(backends: BackendsDep) -> JSONResponse:
 async def list_jobs(
     backends: BackendsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, at most 100")] = 20,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000_000, description="Jobs to skip (paging, newest first)")
+    ] = 0,
 ) -> JobListResponse:
-    jobs = await backends.store.list(status=status, limit=limit)
-    return JobListResponse(count=len(jobs), jobs=[JobStatusResponse.of(job) for job in jobs])
+    jobs, total = await asyncio.gather(
+        backends.store.list(status=status, limit=limit, offset=offset),
+        backends.store.count(status=status),
+    )
+    next_offset = offset + len(jobs) if offset + len(jobs) < total and jobs else None
+    return JobListResponse(
+        count=len(jobs),
+        jobs=[JobStatusResponse.of(job) for job in jobs],
+        total=total,
+        offset=offset,
+        limit=limit,
+        next_offset=next_offset,
+    )
 
 
 @router.get(
@@ -144,8 +186,14 @@ async def list_jobs(
     responses=ERRORS,
     summary="State and progress of a job",
 )
-async def job_status(job_id: JobId, backends: BackendsDep) -> JobStatusResponse:
-    return JobStatusResponse.of(await backends.store.get(job_id))
+async def job_status(
+    job_id: JobId, settings: SettingsDep, backends: BackendsDep
+) -> JobStatusResponse:
+    job = await backends.store.get(job_id)
+    where = await service.standing(settings, backends, job)
+    return JobStatusResponse.of(
+        job, queue_position=where.queue_position, eta_seconds=where.eta_seconds
+    )
 
 
 @router.get(
