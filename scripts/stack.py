@@ -73,10 +73,16 @@ def _pick_port(variable: str, preferred: int) -> int | None:
     return preferred if _port_free(preferred) else None
 
 
+_PARENT = os.getpid()
+
+
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the stack itself dies without cleaning up (Linux)."""
+    """In the child: get SIGTERM if the stack itself dies without cleaning up, even by SIGKILL
+    (Linux). The storage servers get the same from tests/servers.py."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != _PARENT:  # the stack died before the prctl took effect
+        os._exit(1)
 
 
 @dataclass

@@ -16,17 +16,27 @@ Every server started here is killed when the interpreter exits, should the calle
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    # Run as `python tests/servers.py`, sys.path[0] is tests/, whose queue/ package would
+    # shadow the standard library's `queue` (urllib3 and pymongo need it): look from the
+    # repository root instead, as `python -m tests.servers` does.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import atexit
 import contextlib
+import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
@@ -60,6 +70,25 @@ def _binary(name: str) -> str:
     if not found:
         raise ServerError(f"{name} is not installed (pip install the dev extras)")
     return found
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """For Popen's preexec_fn: the child gets SIGTERM when this process dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so no server outlives the tests or script that started it. Only
+    from the main thread: the signal follows the thread that forked, not the process."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 def _port_is_free(port: int) -> bool:
@@ -140,6 +169,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C is for us, not them
+            preexec_fn=_die_with_parent_hook(),
         )
         _live.add(self)
         try:
@@ -372,15 +402,36 @@ def _kill_leftovers() -> None:
         server.kill()
 
 
-if __name__ == "__main__":  # python tests/servers.py DIR: both servers until Ctrl-C
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".test-data/servers").resolve()
-    mongo, s3 = start_mongo(root / "mongo"), start_s3(root / "s3")
-    print(f"MONGODB_URL={mongo.url}")
-    print(
-        f"MINIO_ENDPOINT={s3.endpoint} MINIO_ACCESS_KEY={s3.access_key} "
-        f"MINIO_SECRET_KEY={s3.secret_key}"
-    )
-    with contextlib.suppress(KeyboardInterrupt):
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    """`python tests/servers.py [DIR]`: both servers until Ctrl-C or SIGTERM, then both
+    stopped cleanly (and killed with this process should it be killed itself)."""
+    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop is a Ctrl-C
+    root = Path(argv[0] if argv else ".test-data/servers").resolve()
+    started: list[ServerProcess] = []
+    try:
+        mongo = start_mongo(root / "mongo")
+        started.append(mongo)
+        s3 = start_s3(root / "s3")
+        started.append(s3)
+        print(f"MONGODB_URL={mongo.url}")
+        print(
+            f"MINIO_ENDPOINT={s3.endpoint} MINIO_ACCESS_KEY={s3.access_key} "
+            f"MINIO_SECRET_KEY={s3.secret_key}",
+            flush=True,
+        )
         signal.pause()
-    s3.stop()
-    mongo.stop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stop in peace
+        for server in reversed(started):
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -4,6 +4,7 @@ person would: start it, send a job, stop it with Ctrl-C (or a supervisor's SIGTE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -191,3 +192,36 @@ def test_stack_runs_jobs_and_stops_everything(
     assert worker_logs.count(f"[job {running}] completed:") == 1
     assert _rabbitmq_answers()  # it was running before: left alone
     print(f"stack stopped in {stopping:.1f} s after {how}")
+
+
+# --- issue 15: a hard stop leaves nothing behind.
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[str]:
+    """Command lines of the processes still alive after `timeout` s (a zombie is dead: its
+    parent died, and no init reaps it in some containers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+        if not alive or time.monotonic() > deadline:
+            return [" ".join(p.cmdline()) for p in alive if _still_there(p)]
+        time.sleep(0.2)
+
+
+def _still_there(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigkilled_stack_takes_its_children_with_it(stack: Stack) -> None:
+    children = stack.descendants()
+    commands = _command_lines(children)
+    assert any("secantusd" in c for c in commands) and any("weed" in c for c in commands)
+    assert sum("smap_stt.cli worker" in c for c in commands) == 2, commands
+    stack.popen.kill()  # SIGKILL: no handler, no cleanup
+    stack.popen.wait(10)
+    assert _wait_gone(children, timeout=90) == []
