@@ -55,9 +55,26 @@ def _serve(settings: Settings, _: argparse.Namespace) -> None:
     _run_uvicorn(create_app(settings, backends, worker=worker), settings)
 
 
+def _check_queue(settings: Settings) -> None:
+    """Before uvicorn starts: a work queue declared with another TTL stops the API with one
+    line (in the lifespan it would be a traceback). A broker that is down is no reason not to
+    start: uploads wait in the outbox."""
+    from smap_stt.queue.rabbitmq import RabbitQueue
+
+    async def check() -> None:
+        queue = RabbitQueue(settings)
+        try:
+            await queue.open()
+        finally:
+            await queue.close()
+
+    asyncio.run(check())
+
+
 def _api(settings: Settings, _: argparse.Namespace) -> None:
     import uvicorn
 
+    _check_queue(settings)
     if settings.api_workers == 1:
         from smap_stt.api.app import create_app_from_env
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import aio_pika
@@ -25,7 +26,7 @@ from aio_pika.abc import (
 )
 
 from smap_stt.config import Settings
-from smap_stt.errors import QueueUnavailable
+from smap_stt.errors import ConfigurationError, QueueUnavailable
 from smap_stt.jobs import JobMessage
 from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
 
@@ -126,7 +127,8 @@ class RabbitQueue(JobQueue):
 
     async def open(self) -> None:
         """Connect if the broker answers; if not, publishing raises `QueueUnavailable` and the
-        next call tries again, so an API can start (and take uploads) before its broker."""
+        next call tries again, so an API can start (and take uploads) before its broker.
+        Raises `ConfigurationError` when the work queue exists with another message TTL."""
         try:
             await self._ensure()
         except QueueUnavailable as exc:
@@ -158,6 +160,9 @@ class RabbitQueue(JobQueue):
                 if self._channel is None or self._channel.is_closed:
                     self._channel = await self._connection.channel(publisher_confirms=True)
             except asyncio.CancelledError:
+                raise
+            except ConfigurationError:
+                await self._drop_connection()  # the process stops: leave nothing half-open
                 raise
             except Exception as exc:
                 raise QueueUnavailable(_describe(exc)) from exc
@@ -196,8 +201,12 @@ class RabbitQueue(JobQueue):
                     self._queue_name, durable=True, arguments=arguments
                 )
             except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-                # An existing queue (the original system's, or one declared with another TTL)
-                # cannot be redeclared; refusing would stop every worker over a setting.
+                # A TTL that differs from the settings' would be kept for ever, silently: refuse
+                # (issue 15). Other differences (the original system's queue, with no TTL and
+                # no dead letters) are used as they are; refusing those would strand its jobs.
+                existing_ttl = _existing_ttl_ms(str(exc))
+                if existing_ttl is not None:
+                    raise ConfigurationError(self._ttl_conflict(existing_ttl)) from None
                 log.warning(
                     "queue %s exists with other arguments (%s); using it as it is",
                     self._queue_name,
@@ -220,6 +229,26 @@ class RabbitQueue(JobQueue):
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    def _ttl_conflict(self, existing_ms: int) -> str:
+        wanted_ms = self._settings.message_ttl_seconds * 1000
+        if self._settings.queue_message_ttl:
+            why = f"QUEUE_MESSAGE_TTL={self._settings.queue_message_ttl}"
+        else:
+            why = f"24 × JOB_TIMEOUT={self._settings.job_timeout}"
+        keep = (
+            f"set QUEUE_MESSAGE_TTL={existing_ms // 1000} to keep using it, or "
+            if existing_ms % 1000 == 0 and existing_ms > 0
+            else ""
+        )
+        return (
+            f"queue {self._queue_name} exists with x-message-ttl {existing_ms} ms "
+            f"({existing_ms / 1000:g} s) but the settings ask for {wanted_ms} ms "
+            f"({wanted_ms / 1000:g} s, from {why}); RabbitMQ cannot change a queue's TTL in "
+            f"place. Either {keep}migrate it: stop every API and worker, run "
+            f"`rabbitmqctl delete_queue {self._queue_name}`, start them again (waiting jobs "
+            "stay PENDING in the job store and are published again); see docs/DEPLOYMENT.md"
+        )
 
     async def publish(self, message: JobMessage, *, priority: int) -> None:
         await self.publish_raw(
@@ -322,6 +351,19 @@ class RabbitQueue(JobQueue):
     async def close(self) -> None:
         await self.stop_consuming()
         await self._drop_connection()
+
+
+_TTL_MISMATCH = re.compile(
+    r"inequivalent arg 'x-message-ttl'.*but current is (?:the value )?'(\d+)'"
+)
+
+
+def _existing_ttl_ms(refusal: str) -> int | None:
+    """The TTL an existing queue has, when RabbitMQ refused a declaration over it (it checks
+    x-message-ttl before the other arguments); None when the queue has none or the refusal is
+    about another argument."""
+    match = _TTL_MISMATCH.search(refusal)
+    return int(match.group(1)) if match else None
 
 
 def _describe(exc: BaseException) -> str:
