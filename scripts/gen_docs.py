@@ -35,6 +35,7 @@ GROUPS = [
         "Blob store",
         [
             "minio_endpoint",
+            "minio_public_endpoint",
             "minio_access_key",
             "minio_secret_key",
             "minio_bucket",

@@ -53,6 +53,7 @@ def make_blobs(settings: Settings) -> BlobStore:
             secure=settings.minio_secure,
             region=settings.minio_region,
             url_expiry=settings.presigned_url_expiry_seconds,
+            public_endpoint=settings.minio_public_endpoint,
         )
     from smap_stt.blobs.local import LocalBlobStore
 

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     minio_endpoint: str = Field(
         "", description="S3 endpoint host:port (or URL); set → S3 blob store, else local files."
     )
+    minio_public_endpoint: str = Field(
+        "",
+        description="Host:port (or URL) presigned download URLs point at, for clients that "
+        "cannot reach MINIO_ENDPOINT (a public name, a proxy that keeps the Host header); the "
+        "service itself keeps using MINIO_ENDPOINT (empty: MINIO_ENDPOINT).",
+    )
     minio_access_key: str = Field("", description="S3 access key.")
     minio_secret_key: str = Field("", description="S3 secret key.")
     minio_bucket: str = Field("smap-stt", description="S3 bucket (created if missing).")

@@ -107,14 +107,21 @@ class S3BlobStore(BlobStore):
         secure: bool = False,
         region: str = "us-east-1",
         url_expiry: int = 3600,
+        public_endpoint: str = "",
     ) -> None:
         self.endpoint_url = _endpoint_url(endpoint, secure)
+        # Presigned URLs name the host clients will send (it is part of the signature), which
+        # need not be the one this service reaches the server by.
+        self.public_endpoint_url = (
+            _endpoint_url(public_endpoint, secure) if public_endpoint else self.endpoint_url
+        )
         self.bucket = bucket
         self.region = region
         self.url_expiry = url_expiry
         self._access_key = access_key
         self._secret_key = secret_key
         self._client: S3Client | None = None
+        self._signer: S3Client | None = None
 
     @property
     def _s3(self) -> S3Client:
@@ -122,12 +129,12 @@ class S3BlobStore(BlobStore):
             raise RuntimeError("S3BlobStore is not open")
         return self._client
 
-    def _make_client(self) -> S3Client:
+    def _make_client(self, endpoint_url: str | None = None) -> S3Client:
         # A session per client: boto3's default session is not safe to share between threads.
         session = boto3.session.Session()
         return session.client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             aws_access_key_id=self._access_key,
             aws_secret_access_key=self._secret_key,
             config=_client_config(self.region),
@@ -137,6 +144,11 @@ class S3BlobStore(BlobStore):
         if self._client is None:
             with _s3_errors():
                 self._client = await asyncio.to_thread(self._make_client)
+                self._signer = self._client
+                if self.public_endpoint_url != self.endpoint_url:  # signs only, never connects
+                    self._signer = await asyncio.to_thread(
+                        self._make_client, self.public_endpoint_url
+                    )
         with _s3_errors():
             await asyncio.to_thread(self._ensure_bucket)
 
@@ -159,7 +171,10 @@ class S3BlobStore(BlobStore):
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
+            signer, self._signer = self._signer, None
             await asyncio.to_thread(client.close)
+            if signer is not None and signer is not client:
+                await asyncio.to_thread(signer.close)
 
     async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         with _s3_errors():
@@ -219,8 +234,9 @@ class S3BlobStore(BlobStore):
 
     async def presigned_url(self, key: str) -> str | None:
         # Signing is local computation (no request), quick enough for the event loop.
+        signer = self._signer or self._s3
         with _s3_errors():
-            return self._s3.generate_presigned_url(
+            return signer.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": key},
                 ExpiresIn=self.url_expiry,
