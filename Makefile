@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean reset-data
+.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean reset-data screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,9 +32,11 @@ worker: models
 stack: models rabbitmq
 	$(BIN)/python scripts/stack.py
 
-# espeak-ng makes the speech the tests transcribe.
+# espeak-ng makes the speech the tests transcribe; chromium is the browser the page's tests
+# drive (through playwright, never `playwright install`).
 system-deps:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 rabbitmq:
 	@bash scripts/ensure-rabbitmq.sh
@@ -51,6 +53,10 @@ test: models system-deps rabbitmq lint typecheck
 
 bench: models system-deps rabbitmq
 	$(BIN)/python -m bench.run
+
+# docs/screenshots/*.png for the README: a fresh `serve` with a few jobs, photographed.
+screenshots: models system-deps rabbitmq
+	$(BIN)/python scripts/screenshots.py
 
 # Build output only: caches and package metadata. The venv, models and data stay.
 clean:

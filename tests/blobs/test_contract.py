@@ -228,3 +228,45 @@ async def test_a_down_server_is_reported_and_used_again_when_back(
     assert await blob_store.get_bytes("kept") == b"before"
     await blob_store.put_file("new", source)
     assert await blob_store.get_bytes("new") == b"file"
+
+
+# --- ranged reads (issue 13) ------------------------------------------------------------------
+
+
+async def _read_range(blob_store: BlobStore, key: str, offset: int, length: int) -> bytes:
+    return b"".join([block async for block in blob_store.read_range(key, offset, length)])
+
+
+async def test_size_and_ranged_reads(blob_store: BlobStore, tmp_path: Path) -> None:
+    source = tmp_path / "talk.bin"
+    await asyncio.to_thread(write_file, source, 1)
+    data = source.read_bytes()
+    await blob_store.put_file("uploads/talk.bin", source)
+
+    assert await blob_store.size("uploads/talk.bin") == MB
+    assert await _read_range(blob_store, "uploads/talk.bin", 0, MB) == data
+    assert await _read_range(blob_store, "uploads/talk.bin", 1000, 1) == data[1000:1001]
+    # Crossing the stores' block size, and running past the end (the object ends first).
+    assert (
+        await _read_range(blob_store, "uploads/talk.bin", 100_000, 400_000) == data[100_000:500_000]
+    )
+    assert await _read_range(blob_store, "uploads/talk.bin", MB - 10, 100) == data[-10:]
+    assert await _read_range(blob_store, "uploads/talk.bin", 5, 0) == b""
+
+
+async def test_ranged_reads_stream_in_blocks(blob_store: BlobStore, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    await asyncio.to_thread(write_file, source, 4)
+    await blob_store.put_file("uploads/big.bin", source)
+
+    blocks = [len(block) async for block in blob_store.read_range("uploads/big.bin", 0, 4 * MB)]
+
+    assert sum(blocks) == 4 * MB
+    assert len(blocks) > 1 and max(blocks) <= MB
+
+
+async def test_size_and_ranged_read_of_a_missing_key(blob_store: BlobStore) -> None:
+    with pytest.raises(BlobNotFound):
+        await blob_store.size("uploads/missing.wav")
+    with pytest.raises(BlobNotFound):
+        await _read_range(blob_store, "uploads/missing.wav", 0, 10)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smap_stt import __version__
-from smap_stt.api.routes import tasks
+from smap_stt.api.routes import media, page, tasks
 from smap_stt.backends import Backends, make_backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
@@ -97,6 +97,10 @@ def create_app(settings: Settings, backends: Backends, *, worker: Worker | None 
     app.state.backends = backends
     _add_error_handlers(app)
     app.include_router(tasks.router)
+    # The web page and what it fetches (issue 13).
+    app.include_router(media.router)
+    app.include_router(page.router)
+    app.mount("/web", page.static_files(), name="web")
     return app
 
 

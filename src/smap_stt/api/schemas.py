@@ -142,3 +142,14 @@ class HealthResponse(BaseModel):
 class ErrorResponse(BaseModel):
     status: str = "error"
     detail: str
+
+
+# --- the web page's links (issue 13) -----------------------------------------------------------
+
+
+class JobLinksResponse(BaseModel):
+    expires_at: datetime | None = Field(
+        description="When these URLs stop working (null: they do not expire)"
+    )
+    audio: str = Field(description="The job's audio, with HTTP Range support")
+    downloads: dict[str, str] = Field(description="Transcript download URL by format")

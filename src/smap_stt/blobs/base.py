@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 __all__ = ["BlobStore"]
@@ -48,6 +49,18 @@ class BlobStore(ABC):
     async def presigned_url(self, key: str) -> str | None:
         """A URL a client can fetch the object from directly, or None if the store has no such
         thing (the API then serves it itself)."""
+
+    # --- ranged reads (issue 13: the page's audio player seeks with HTTP Range) ----------------
+
+    @abstractmethod
+    async def size(self, key: str) -> int:
+        """The object's size in bytes; `BlobNotFound` if there is none."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Stream `length` bytes from `offset` in blocks of bounded size (fewer if the object
+        ends first; nothing for `length` <= 0). `BlobNotFound` is raised on the first
+        iteration, so callers that must answer before streaming check `size()` first."""
 
     @abstractmethod
     async def ping(self) -> None:

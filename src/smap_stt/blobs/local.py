@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +25,7 @@ __all__ = ["LocalBlobStore"]
 
 _PARTIAL = ".part"
 _COPY_BUFFER = 1024 * 1024
+_RANGE_BLOCK = 256 * 1024
 
 
 @contextmanager
@@ -147,6 +150,43 @@ class LocalBlobStore(BlobStore):
 
     async def presigned_url(self, key: str) -> str | None:
         return None
+
+    async def size(self, key: str) -> int:
+        return await asyncio.to_thread(self._size, key)
+
+    def _size(self, key: str) -> int:
+        with _unavailable_on_os_error(self.root):
+            try:
+                info = self._path(key).stat()
+            except FileNotFoundError as exc:
+                raise BlobNotFound(key) from exc
+            if not stat.S_ISREG(info.st_mode):
+                raise BlobNotFound(key)
+            return info.st_size
+
+    async def read_range(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        if length <= 0:
+            return
+        file = await asyncio.to_thread(self._open_for_reading, key)
+        try:
+            file.seek(offset)
+            remaining = length
+            while remaining > 0:
+                with _unavailable_on_os_error(self.root):
+                    block = await asyncio.to_thread(file.read, min(_RANGE_BLOCK, remaining))
+                if not block:
+                    return
+                remaining -= len(block)
+                yield block
+        finally:
+            file.close()  # not awaited: a generator dropped mid-stream closes synchronously
+
+    def _open_for_reading(self, key: str) -> io.BufferedReader:
+        with _unavailable_on_os_error(self.root):
+            try:
+                return self._path(key).open("rb")
+            except (FileNotFoundError, IsADirectoryError) as exc:
+                raise BlobNotFound(key) from exc
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._ping)

@@ -1,0 +1,117 @@
+"""What the web page's `<audio>` element and download links fetch: the job's own audio (with
+HTTP Range support, so a player can seek in a long file) and the set of URLs for a job."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from smap_stt.api.deps import BackendsDep, SettingsDep
+from smap_stt.api.links import job_links
+from smap_stt.api.ranges import RangeNotSatisfiable, parse_range
+from smap_stt.api.schemas import ErrorResponse, JobLinksResponse
+from smap_stt.blobs.base import BlobStore
+from smap_stt.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+JobId = Annotated[str, Path(max_length=100, description="The job id returned by the upload")]
+
+# Fixed, not `mimetypes`: its answers depend on the machine's /etc/mime.types.
+AUDIO_TYPES = {
+    ".aac": "audio/aac",
+    ".aif": "audio/aiff",
+    ".aiff": "audio/aiff",
+    ".amr": "audio/amr",
+    ".flac": "audio/flac",
+    ".m4a": "audio/mp4",
+    ".m4b": "audio/mp4",
+    ".mka": "audio/x-matroska",
+    ".mkv": "video/x-matroska",
+    ".mov": "video/quicktime",
+    ".mp2": "audio/mpeg",
+    ".mp3": "audio/mpeg",
+    ".mp4": "video/mp4",
+    ".mpga": "audio/mpeg",
+    ".oga": "audio/ogg",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".wav": "audio/wav",
+    ".weba": "audio/webm",
+    ".webm": "audio/webm",
+    ".wma": "audio/x-ms-wma",
+}
+
+
+def audio_media_type(key: str) -> str:
+    return AUDIO_TYPES.get(PurePosixPath(key).suffix.lower(), "application/octet-stream")
+
+
+async def _stream(blobs: BlobStore, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+    try:
+        async for block in blobs.read_range(key, offset, length):
+            yield block
+    except BackendUnavailable as exc:  # the status line is sent: all we can do is stop short
+        log.warning("audio %s: storage failed mid-stream (%s)", key, exc)
+
+
+@router.get(
+    "/{job_id}/audio",
+    response_class=Response,
+    responses={
+        200: {"content": {"audio/*": {}}, "description": "The whole file"},
+        206: {"content": {"audio/*": {}}, "description": "The requested byte range"},
+        **{code: {"model": ErrorResponse} for code in (404, 416, 503)},
+    },
+    summary="The job's audio as uploaded (HTTP Range support for seeking)",
+)
+async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Response:
+    job = await backends.store.get(job_id)
+    size = await backends.blobs.size(job.audio_key)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(job.filename)}",
+        "Cache-Control": "private, max-age=3600",
+    }
+    try:
+        wanted = parse_range(request.headers.get("range"), size)
+    except RangeNotSatisfiable as exc:
+        return JSONResponse(
+            {"status": "error", "detail": str(exc)},
+            status_code=416,
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+        )
+    media_type = audio_media_type(job.audio_key)
+    if wanted is None:
+        headers["Content-Length"] = str(size)
+        body = _stream(backends.blobs, job.audio_key, 0, size)
+        return StreamingResponse(body, media_type=media_type, headers=headers)
+    headers["Content-Length"] = str(wanted.length)
+    headers["Content-Range"] = wanted.content_range(size)
+    body = _stream(backends.blobs, job.audio_key, wanted.start, wanted.length)
+    return StreamingResponse(body, status_code=206, media_type=media_type, headers=headers)
+
+
+LINK_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 503)
+}
+
+
+@router.get(
+    "/{job_id}/links",
+    response_model=JobLinksResponse,
+    responses=LINK_ERRORS,
+    summary="URLs for the job's audio and transcript downloads, usable without a key header",
+)
+async def links(job_id: JobId, settings: SettingsDep, backends: BackendsDep) -> JobLinksResponse:
+    job = await backends.store.get(job_id)
+    made = job_links(settings, job.id)
+    return JobLinksResponse(expires_at=made.expires_at, audio=made.audio, downloads=made.downloads)

@@ -1,0 +1,225 @@
+"""The web page at `/` in a real browser against a real `serve` (the real model), following
+one user: upload, watch the job to COMPLETED without a reload, read and play the transcript,
+download subtitles, cancel a long job, see why a file was refused. Also the audio route's HTTP
+Range support, byte for byte. The tests run in order and share the page and the service."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import Clip
+from tests.procs import Service, wait_running
+
+pytestmark = pytest.mark.timeout(300)
+
+# Kept by the page itself from the moment it is installed: every status a job's row showed and
+# every value its progress bar took, and the upload bars' values. A reload would lose them.
+RECORDER = """() => {
+  window.__seen = {statuses: {}, progress: {}, uploads: []};
+  const note = (map, id, value) => {
+    const list = map[id] || (map[id] = []);
+    if (list[list.length - 1] !== value) list.push(value);
+  };
+  const look = () => {
+    for (const row of document.querySelectorAll(".job")) {
+      note(window.__seen.statuses, row.dataset.id, row.dataset.status);
+      const now = row.querySelector(".bar")?.getAttribute("aria-valuenow");
+      if (now != null) note(window.__seen.progress, row.dataset.id, Number(now));
+    }
+    for (const bar of document.querySelectorAll(".upload .bar")) {
+      window.__seen.uploads.push(Number(bar.getAttribute("aria-valuenow")));
+    }
+  };
+  const all = {subtree: true, childList: true, attributes: true};
+  new MutationObserver(look).observe(document.body, all);
+  look();
+}"""
+
+
+def wait_until(page: Page, predicate: str, arg: Any = None, timeout: float = 30) -> None:
+    """Poll a JavaScript function in the page until it returns true. (Playwright's own
+    wait_for_function evaluates strings, which the page's Content-Security-Policy forbids.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {predicate}")
+        time.sleep(0.05)
+
+
+def job_row(page: Page, filename: str) -> Any:
+    return page.locator(".job", has=page.locator(".job-name", has_text=filename))
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, Any]:
+    """What one test leaves for the next (the job the user uploaded)."""
+    return {}
+
+
+def test_upload_by_the_file_input_and_watch_it_complete_without_a_reload(
+    page: Page, web: Service, short_clip: Clip, state: dict[str, Any]
+) -> None:
+    page.goto(web.url)
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    page.evaluate(RECORDER)
+
+    page.set_input_files("#file-input", str(short_clip.path))
+
+    row = job_row(page, short_clip.path.name)
+    expect(row).to_have_count(1, timeout=30_000)
+    job_id = row.get_attribute("data-id")
+    assert job_id
+    expect(row.locator(".badge")).to_have_text("Completed", timeout=150_000)
+
+    seen = page.evaluate("window.__seen")  # still there: the page was never reloaded
+    assert max(seen["uploads"]) == 100, seen["uploads"]
+    statuses = seen["statuses"][job_id]
+    assert statuses[-1] == "COMPLETED"
+    assert set(statuses[:-1]) & {"PENDING", "PROCESSING"}, statuses  # it moved, live
+    with web.client() as client:
+        status = client.get(f"/api/v1/tasks/{job_id}/status").json()
+    assert status["status"] == "COMPLETED"
+    expect(row.locator(".job-meta")).to_contain_text("English")
+    state["job_id"] = job_id
+
+
+def test_clicking_the_third_segment_plays_from_its_start(
+    page: Page, web: Service, state: dict[str, Any]
+) -> None:
+    with web.client() as client:
+        segments = client.get(f"/api/v1/tasks/{state['job_id']}/result").json()["segments"]
+    assert len(segments) >= 3, segments
+
+    page.locator(f'.job[data-id="{state["job_id"]}"] a.job-name').click()
+    expect(page.locator("#view-transcript")).to_be_visible()
+    expect(page.locator(".segment")).to_have_count(len(segments))
+    expect(page.locator(".segment").nth(2)).to_contain_text(segments[2]["text"].strip())
+    wait_until(page, "() => document.getElementById('player').readyState >= 1")  # metadata
+    assert page.evaluate("document.getElementById('player').currentTime") == 0
+
+    page.locator(".segment").nth(2).locator(".segment-text").click()
+
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert abs(current - segments[2]["start"]) < 0.5, (current, segments[2])
+    expect(page.locator(".segment").nth(2)).to_have_class(re.compile(r"\bcurrent\b"))
+    expect(page.locator(".segment.current")).to_have_count(1)
+
+
+def test_search_marks_matches_in_the_transcript(page: Page) -> None:
+    third = page.locator(".segment").nth(2).locator(".segment-text").inner_text()
+    word = max(re.findall(r"[A-Za-z]{4,}", third), key=len)
+
+    page.fill("#t-search", word.upper())
+
+    expect(page.locator(".segment").nth(2).locator("mark").first).to_have_text(
+        re.compile(word, re.IGNORECASE)
+    )
+    expect(page.locator("#t-search-count")).to_contain_text("found")
+    page.fill("#t-search", "")
+    expect(page.locator("mark")).to_have_count(0)
+
+
+def test_cancel_a_long_job_from_the_list(page: Page, web: Service, long_clip: Clip) -> None:
+    page.goto(f"{web.url}/#/")
+    page.evaluate(RECORDER)
+    page.set_input_files("#file-input", str(long_clip.path))
+    row = job_row(page, long_clip.path.name)
+    expect(row).to_have_count(1, timeout=30_000)
+    job_id = row.get_attribute("data-id")
+    with web.client() as client:
+        wait_running(client, job_id, above=0)
+    # The row's bar moved off zero, live, before we cancel.
+    wait_until(
+        page, "(id) => (window.__seen.progress[id] || []).some(v => v > 0 && v < 100)", job_id
+    )
+
+    row.get_by_role("button", name=f"Cancel {long_clip.path.name}").click()
+
+    expect(row.locator(".badge")).to_have_text("Cancelled", timeout=30_000)
+    with web.client() as client:
+        assert client.get(f"/api/v1/tasks/{job_id}/status").json()["status"] == "CANCELLED"
+    expect(row.get_by_role("button", name=f"Cancel {long_clip.path.name}")).to_be_hidden()
+
+
+def test_a_refused_file_shows_the_servers_reason(page: Page, web: Service, tmp_path: Path) -> None:
+    bad = tmp_path / "minutes.wav"
+    bad.write_bytes(b"These are meeting minutes, typed, not recorded.\n" * 50)
+    with web.client() as client, bad.open("rb") as file:
+        refused = client.post("/api/v1/tasks/upload", files={"file": (bad.name, file)})
+    assert refused.status_code in (415, 422), refused.text
+    reason = refused.json()["detail"]
+
+    page.set_input_files("#file-input", str(bad))
+
+    item = page.locator(".upload", has_text="minutes.wav")
+    expect(item.locator(".upload-error")).to_have_text(reason)
+    expect(item).to_have_attribute("data-state", "refused")
+
+
+def test_the_page_fetched_nothing_from_elsewhere(page: Page, web: Service) -> None:
+    outside = [url for url in page.requested if not url.startswith((web.url, "data:", "blob:"))]  # type: ignore[attr-defined]
+    assert page.requested  # type: ignore[attr-defined]
+    assert outside == []
+
+
+# --- the audio route at the HTTP level -------------------------------------------------------
+
+
+def test_audio_is_served_with_range_support(
+    web: Service, short_clip: Clip, state: dict[str, Any]
+) -> None:
+    original = short_clip.path.read_bytes()
+    size = len(original)
+    url = f"/api/v1/tasks/{state['job_id']}/audio"
+    with web.client() as client:
+        whole = client.get(url)
+        part = client.get(url, headers={"Range": "bytes=1000-4999"})
+        tail = client.get(url, headers={"Range": "bytes=-300"})
+        open_ended = client.get(url, headers={"Range": f"bytes={size - 10}-"})
+        beyond = client.get(url, headers={"Range": f"bytes={size}-"})
+        links = client.get(f"/api/v1/tasks/{state['job_id']}/links").json()
+        missing = client.get("/api/v1/tasks/no-such-job/audio")
+
+    assert whole.status_code == 200
+    assert whole.content == original
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-type"] == "audio/wav"
+
+    assert part.status_code == 206
+    assert part.content == original[1000:5000]
+    assert part.headers["content-range"] == f"bytes 1000-4999/{size}"
+    assert part.headers["content-length"] == "4000"
+
+    assert tail.status_code == 206 and tail.content == original[-300:]
+    assert open_ended.status_code == 206 and open_ended.content == original[-10:]
+
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    assert "starts at byte" in beyond.json()["detail"]
+
+    job = state["job_id"]
+    assert links == {
+        "expires_at": None,
+        "audio": f"/api/v1/tasks/{job}/audio",
+        "downloads": {
+            fmt: f"/api/v1/tasks/{job}/download?format={fmt}"
+            for fmt in ("txt", "srt", "vtt", "tsv", "json")
+        },
+    }
+    assert missing.status_code == 404
+
+
+def test_the_page_and_its_files_are_served_by_the_api(web: Service) -> None:
+    with httpx.Client(base_url=web.url) as client:
+        index = client.get("/")
+        script = client.get("/web/app.js")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
