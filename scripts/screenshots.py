@@ -31,8 +31,8 @@ def clips(work: Path) -> dict[str, Path]:
     """Speech made by espeak-ng, under names a user might give their files."""
     english = paragraphs("english")
     made = {
-        "harbour-interview.wav": cached_speech(english[0]),
-        "weekly-standup.wav": cached_speech(english[1]),
+        "harbour-interview.wav": cached_speech_paragraphs(english[:2]),
+        "weekly-standup.wav": cached_speech(english[2]),
         "lecture-part-1.wav": cached_speech_paragraphs([*english, *paragraphs("long")[:1]]),
         "voicemail.wav": cached_speech("Hi, it's Sam. Call me back when you get this."),
         "draft-notes.wav": cached_speech("These are the draft notes for Tuesday."),

@@ -88,7 +88,8 @@ async function load() {
 
 /** Queue position and ETA come from the status endpoint; ask it for the active jobs shown. */
 async function addStanding(jobs) {
-  const active = jobs.filter((job) => !FINAL.has(job.status) && job.queue_position === undefined && job.eta_seconds === undefined);
+  // The list may carry them as null (they are computed for the status endpoint only).
+  const active = jobs.filter((job) => !FINAL.has(job.status) && job.queue_position == null && job.eta_seconds == null);
   await Promise.all(
     active.slice(0, MAX_STATUS_LOOKUPS).map(async (job) => {
       try {
