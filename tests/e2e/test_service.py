@@ -65,6 +65,9 @@ def test_serve_transcribes_end_to_end(service: ServiceFactory, short_clip: Clip)
         assert result["segments"] and all(s["end"] > s["start"] for s in result["segments"])
         assert result["duration_seconds"] == pytest.approx(17.8, abs=1.0)
         assert result["processing_time_seconds"] > 0
+        # Detection did not run (language=en): nothing detected to report.
+        assert result["detected_language"] is None
+        assert result["language"] == "en"
         document = client.get(result["download_url"]).json()
         assert document["text"] == result["transcription"]
 
@@ -74,6 +77,13 @@ def test_serve_transcribes_end_to_end(service: ServiceFactory, short_clip: Clip)
         health = client.get("/api/v1/tasks/health")
         assert health.status_code == 200
         assert health.json()["status"] == "healthy"
+        # As the README says: the original's `rabbitmq` key stays; `backends` names the queue.
+        assert health.json()["services"]["rabbitmq"] == "healthy"
+        assert health.json()["backends"] == {
+            "database": "sqlite",
+            "rabbitmq": "embedded",
+            "storage": "local",
+        }
     assert f"[job {job_id}] completed" in svc.procs[0].log()
 
 

@@ -36,7 +36,10 @@ class JobStatusResponse(BaseModel):
     worker_id: str | None
     duration_seconds: float | None
     processing_time_seconds: float | None
-    detected_language: str | None
+    detected_language: str | None = Field(
+        description="The language detection found, only when the job's language was auto "
+        "(otherwise null: `language` is the one used)"
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -102,7 +105,10 @@ class JobResultResponse(BaseModel):
     status: JobStatus
     filename: str
     language: str
-    detected_language: str | None
+    detected_language: str | None = Field(
+        description="The language detection found, only when the job's language was auto "
+        "(otherwise null: `language` is the one used)"
+    )
     transcription: str | None
     segments: list[SegmentOut]
     duration_seconds: float | None

@@ -351,7 +351,9 @@ async def _store_result(
         job,
         transcription=transcript.text,
         result_key=key,
-        detected_language=transcript.language,
+        # What detection found, only when it ran (issue 15); the job's `language` says what
+        # was used otherwise.
+        detected_language=transcript.language if job.language == "auto" else None,
         duration_seconds=round(transcript.duration, 3),
         processing_time_seconds=round(elapsed, 3),
     )
