@@ -67,7 +67,19 @@ def make_queue(settings: Settings, *, embedded: bool) -> JobQueue:
         return EmbeddedQueue()
     from smap_stt.queue.rabbitmq import RabbitQueue
 
-    return RabbitQueue(settings)
+    return RabbitQueue(
+        settings.amqp_url,
+        exchange=settings.rabbitmq_exchange_name,
+        routing_key=settings.rabbitmq_routing_key,
+        queue=settings.rabbitmq_queue_name,
+        message_ttl_seconds=settings.message_ttl_seconds,
+        retry_delays=settings.retry_delays,
+        message_ttl_source=(
+            f"QUEUE_MESSAGE_TTL={settings.queue_message_ttl}"
+            if settings.queue_message_ttl
+            else f"24 × JOB_TIMEOUT={settings.job_timeout}"
+        ),
+    )
 
 
 def make_backends(settings: Settings, *, embedded: bool) -> Backends:

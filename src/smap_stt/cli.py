@@ -59,10 +59,10 @@ def _check_queue(settings: Settings) -> None:
     """Before uvicorn starts: a work queue declared with another TTL stops the API with one
     line (in the lifespan it would be a traceback). A broker that is down is no reason not to
     start: uploads wait in the outbox."""
-    from smap_stt.queue.rabbitmq import RabbitQueue
+    from smap_stt.backends import make_queue
 
     async def check() -> None:
-        queue = RabbitQueue(settings)
+        queue = make_queue(settings, embedded=False)
         try:
             await queue.open()
         finally:

@@ -30,8 +30,13 @@ class BlobNotFound(SttError):
     """No stored object has that key."""
 
 
+class JobConflict(SttError):
+    """The job exists but its state does not allow the request (cancel a finished job, delete
+    an active one, download a transcript not made yet, insert an id twice)."""
+
+
 class InvalidRequest(SttError):
-    """The client asked for something invalid; `status_code` says how (413, 415, 422, 409...)."""
+    """The client asked for something invalid; `status_code` says how (400, 413, 415, 422...)."""
 
     def __init__(self, message: str, status_code: int = 422) -> None:
         super().__init__(message)

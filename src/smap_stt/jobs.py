@@ -91,6 +91,16 @@ class Job:
         return cls(**values)
 
 
+def give_up_reason(job: Job, max_attempts: int, why: str) -> str | None:
+    """The one rule for giving up on a job, shared by the worker's message path and the
+    recovery sweeps: once `max_attempts` attempts were made, whatever stopped the last one
+    (an error, a silent worker, a crashed process) ends the job FAILED with this reason instead
+    of starting it again. None: it may run again."""
+    if job.attempts < max_attempts:
+        return None
+    return f"gave up after {job.attempts} attempts: {why}"
+
+
 @dataclass(frozen=True)
 class JobMessage:
     """The body of a queue message, as the original system sent it."""

@@ -1,4 +1,7 @@
-"""What the API does with a request, apart from HTTP: validate, store, queue, report."""
+"""What the API does with a request, apart from HTTP: validate, store, queue, report.
+
+Routes call these functions and never a backend directly; nothing here imports the HTTP layer
+(an `Upload` is what the HTTP layer hands over once the body is on disk)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ import contextlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from smap_stt.api.upload import Upload
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -19,6 +22,7 @@ from smap_stt.errors import (
     BackendUnavailable,
     DuplicateIdempotencyKey,
     InvalidRequest,
+    JobConflict,
     JobNotFound,
 )
 from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
@@ -27,6 +31,22 @@ from smap_stt.stt.languages import normalize_language
 from smap_stt.stt.models import available_models
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upload:
+    """A received upload: the file spooled at `path`, and the form's text fields."""
+
+    filename: str
+    path: Path
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""  # dialects (issue 10): hex digest of the file as received
+
+    @property
+    def suffix(self) -> str:
+        suffix = Path(self.filename).suffix.lower()
+        return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,25 @@ async def submit(
     return job
 
 
+async def get_job(backends: Backends, job_id: str) -> Job:
+    return await backends.store.get(job_id)
+
+
+async def list_jobs(
+    backends: Backends, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
+) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and how many there are in all."""
+    jobs, total = await asyncio.gather(
+        backends.store.list(status=status, limit=limit, offset=offset),
+        backends.store.count(status=status),
+    )
+    return jobs, total
+
+
+async def cancel_job(backends: Backends, job_id: str) -> Job:
+    return await backends.store.cancel(job_id)
+
+
 async def load_result(backends: Backends, job: Job) -> dict[str, Any] | None:
     if job.result_key is None:
         return None
@@ -129,6 +168,21 @@ async def load_result(backends: Backends, job: Job) -> dict[str, Any] | None:
     # Off the event loop: the transcript of hours of audio is megabytes of JSON.
     data: dict[str, Any] = await asyncio.to_thread(json.loads, raw)
     return data
+
+
+async def result_url(backends: Backends, job: Job) -> str | None:
+    """A direct (presigned) URL of a COMPLETED job's transcript, when the blob store has them."""
+    if job.result_key is None:
+        return None
+    return await backends.blobs.presigned_url(job.result_key)
+
+
+async def result_bytes(backends: Backends, job_id: str) -> tuple[Job, bytes]:
+    """The stored transcript document of a COMPLETED job (JobConflict otherwise)."""
+    job = await backends.store.get(job_id)
+    if job.status is not JobStatus.COMPLETED or job.result_key is None:
+        raise JobConflict(f"job {job_id} is {job.status.value}; there is no transcript to download")
+    return job, await backends.blobs.get_bytes(job.result_key)
 
 
 async def delete_job(backends: Backends, job_id: str) -> Job:
@@ -156,6 +210,15 @@ async def health(backends: Backends) -> dict[str, str]:
         check(backends.store.ping), check(backends.queue.ping), check(backends.blobs.ping)
     )
     return {"database": database, "rabbitmq": queue, "storage": storage}
+
+
+def backend_names(backends: Backends) -> dict[str, str]:
+    """Which implementation serves each part, for /health."""
+    return {
+        "database": backends.store.name,
+        "rabbitmq": backends.queue.name,
+        "storage": backends.blobs.name,
+    }
 
 
 # --- dialects (issue 10): submit once, DEDUP, where a job stands, waiting for a job -----------
@@ -218,15 +281,13 @@ async def submit_once(
         except DuplicateIdempotencyKey:
             existing = await backends.store.by_idempotency_key(key)
             if existing is None:  # made and deleted within the race: rare, say so
-                raise InvalidRequest(
-                    "another upload with this Idempotency-Key was being processed; try again",
-                    status_code=409,
+                raise JobConflict(
+                    "another upload with this Idempotency-Key was being processed; try again"
                 ) from None
     if existing.content_sha256 != upload.sha256:
-        raise InvalidRequest(
+        raise JobConflict(
             f"the Idempotency-Key {idempotency_key!r} was already used for another file "
-            f"(job {existing.id}); send a new key with a new file",
-            status_code=409,
+            f"(job {existing.id}); send a new key with a new file"
         )
     log.info("job %s returned again for its Idempotency-Key", existing.id)
     return Submission(existing, created=False)

@@ -16,9 +16,9 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from smap_stt.backends import make_queue
 from smap_stt.config import Settings
 from smap_stt.errors import ConfigurationError
-from smap_stt.queue.rabbitmq import RabbitQueue
 from tests.conftest import _delete_topology
 from tests.procs import base_env
 
@@ -44,7 +44,7 @@ def _settings(names: dict[str, str], **values: object) -> Settings:
 
 
 async def _open_and_close(settings: Settings) -> None:
-    queue = RabbitQueue(settings)
+    queue = make_queue(settings, embedded=False)
     try:
         await queue.open()
     finally:
@@ -84,7 +84,7 @@ async def test_the_original_queue_without_ttl_is_used_with_a_warning(
             names["RABBITMQ_QUEUE_NAME"], durable=True, arguments={"x-max-priority": 10}
         )
     with caplog.at_level(logging.WARNING, logger="smap_stt.queue.rabbitmq"):
-        queue = RabbitQueue(_settings(names))
+        queue = make_queue(_settings(names), embedded=False)
         try:
             await queue.open()
             await queue.ping()

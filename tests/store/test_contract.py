@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from smap_stt.errors import BackendUnavailable, InvalidRequest, JobNotFound
+from smap_stt.errors import BackendUnavailable, JobConflict, JobNotFound
 from smap_stt.jobs import FINAL_STATES, Job, JobStatus, new_job_id, utcnow
 from smap_stt.store.base import JobStore
 from smap_stt.store.mongo import MongoJobStore
@@ -86,9 +86,8 @@ async def test_unknown_job_is_not_found(job_store: JobStore) -> None:
 async def test_creating_an_existing_id_is_refused(job_store: JobStore) -> None:
     job = await created(job_store)
 
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(JobConflict):
         await job_store.create(make_job(id=job.id))
-    assert refused.value.status_code == 409
 
 
 async def test_list_is_newest_first_with_limit_and_status_filter(job_store: JobStore) -> None:
@@ -241,9 +240,8 @@ async def test_a_final_job_never_changes(job_store: JobStore, status: JobStatus)
     assert not await job_store.release(final)
     assert await job_store.claim(final.id, "w9", takeover=True) is None
     await job_store.mark_published(final.id)
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(JobConflict):
         await job_store.cancel(final.id)
-    assert refused.value.status_code == 409
     assert at_ms(await job_store.get(final.id)) == at_ms(final)
 
 
@@ -262,9 +260,8 @@ async def test_cancel_stops_pending_and_running_jobs(job_store: JobStore) -> Non
 async def test_delete_removes_only_final_jobs(job_store: JobStore) -> None:
     job = await claimed(job_store)
     await job_store.save_chunk(job.id, 0, {"text": "a"})
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(JobConflict):
         await job_store.delete(job.id)
-    assert refused.value.status_code == 409
 
     await job_store.cancel(job.id)
     deleted = await job_store.delete(job.id)
@@ -397,3 +394,36 @@ async def test_a_down_server_is_reported_and_used_again_when_back(
     # background.)
     await job_store.create(job)
     assert await job_store.claim(job.id, "w1") is not None
+
+
+async def test_a_lease_has_one_holder_at_a_time(job_store: JobStore) -> None:
+    other = twin(job_store)
+    await other.open()
+    try:
+        assert await job_store.try_lease("sweep", "a", ttl=30)
+        assert not await other.try_lease("sweep", "b", ttl=30)  # held by a, not expired
+        assert await job_store.try_lease("sweep", "a", ttl=30)  # a renews its own
+        assert await other.try_lease("another-sweep", "b", ttl=30)  # names are independent
+    finally:
+        await other.close()
+
+
+async def test_an_expired_lease_passes_to_another_holder(job_store: JobStore) -> None:
+    assert await job_store.try_lease("sweep", "a", ttl=0.2)
+    await asyncio.sleep(0.4)  # a died without renewing
+    assert await job_store.try_lease("sweep", "b", ttl=30)
+    assert not await job_store.try_lease("sweep", "a", ttl=30)
+
+
+async def test_racing_holders_get_exactly_one_lease(job_store: JobStore) -> None:
+    stores = [twin(job_store) for _ in range(4)]
+    for store in stores:
+        await store.open()
+    try:
+        won = await asyncio.gather(
+            *(store.try_lease("race", f"holder-{n}", ttl=30) for n, store in enumerate(stores))
+        )
+    finally:
+        for store in stores:
+            await store.close()
+    assert sum(won) == 1

@@ -18,12 +18,12 @@ from smap_stt.errors import BackendUnavailable, JobNotFound
 from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
 from smap_stt.queue.base import Delivery, encode_message
 from smap_stt.queue.embedded import EmbeddedQueue
+from smap_stt.recovery import recover_once, requeue_after_restart
 from smap_stt.store.sqlite import SqliteJobStore
 from smap_stt.stt.engine import Engine
 from smap_stt.stt.results import Chunk
 from smap_stt.worker import process
 from smap_stt.worker.process import WorkerContext, handle_delivery
-from smap_stt.worker.runner import recover_once, requeue_after_restart
 
 MAX_ATTEMPTS = 2
 

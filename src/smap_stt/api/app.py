@@ -1,25 +1,35 @@
 """The FastAPI application: routers, the one layer that maps errors to HTTP, and the lifespan
-that opens the backends (and, for `serve`, runs the worker in the same process)."""
+that opens the backends, runs the recovery sweeps and, for `serve`, the worker given to it.
+
+Imports no worker, engine or model code (tests/unit/test_layers.py checks): an API process
+stays small and starts fast."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smap_stt import __version__
+from smap_stt import __version__, recovery
 from smap_stt.api.routes import media, page, tasks
 from smap_stt.backends import Backends, make_backends
 from smap_stt.config import Settings
-from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
+from smap_stt.errors import (
+    BackendUnavailable,
+    BlobNotFound,
+    InvalidRequest,
+    JobConflict,
+    JobNotFound,
+)
 from smap_stt.logs import setup_logging
-from smap_stt.worker.runner import Worker, recovery_loop, requeue_after_restart
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
         return _error(exc.status_code, str(exc))
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return _error(409, str(exc))
 
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
@@ -67,23 +81,35 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error; the server log has the details")
 
 
-def create_app(settings: Settings, backends: Backends, *, worker: Worker | None = None) -> FastAPI:
+class InProcessWorker(Protocol):
+    """What `serve` runs beside the API (a `smap_stt.worker.runner.Worker`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_app(
+    settings: Settings, backends: Backends, *, worker: InProcessWorker | None = None
+) -> FastAPI:
+    """`worker` given: `serve` on the embedded queue, whose messages died with the last
+    process, so queued and running jobs are queued again first."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backends.open()
-        background: asyncio.Task[None] | None = None
         if worker is not None:
-            await requeue_after_restart(backends.store, max_attempts=settings.max_attempts)
+            await recovery.requeue_after_restart(backends.store, max_attempts=settings.max_attempts)
             await worker.start()
-        else:
-            background = asyncio.create_task(recovery_loop(settings, backends))
+        sweeps = asyncio.create_task(recovery.run_sweeps(settings, backends))
         try:
             yield
         finally:
             if worker is not None:
                 await worker.stop()
-            if background is not None:
-                background.cancel()
+            sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeps
             await backends.close()
 
     app = FastAPI(

@@ -7,10 +7,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import struct
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,9 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from starlette.requests import ClientDisconnect, Request
 
 from smap_stt.errors import InvalidRequest
+from smap_stt.service import Upload
+
+__all__ = ["Upload", "clean_filename", "receive_upload", "unlink_spool"]
 
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 4096
@@ -26,20 +27,6 @@ MAX_PART_HEADERS = 16
 MAX_PARTS = 16  # the file and a few small fields (language, model, priority)
 FORM_OVERHEAD = 64 * 1024  # room for boundaries and the small text fields beside the file
 MAX_BOUNDARY = 256  # python-multipart's limit; RFC 2046 allows 70
-
-
-@dataclass
-class Upload:
-    filename: str
-    path: Path
-    size: int
-    fields: dict[str, str] = field(default_factory=dict)
-    sha256: str = ""  # dialects (issue 10): hex digest of the file as received
-
-    @property
-    def suffix(self) -> str:
-        suffix = Path(self.filename).suffix.lower()
-        return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
 
 
 def clean_filename(raw: str) -> str:

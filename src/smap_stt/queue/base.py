@@ -42,6 +42,12 @@ class Delivery(ABC):
     retry_of: int | None
     """The job attempt this message retries, when it was sent back by `retry_later`."""
 
+    @property
+    def death_reason(self) -> str:
+        """For a dead event (see `JobQueue.consume_dead_events`): why the message died, e.g.
+        `rejected`, `expired`, `maxlen`."""
+        return "rejected"
+
     @abstractmethod
     async def ack(self) -> None: ...
 
@@ -77,6 +83,11 @@ class JobQueue(ABC):
     @abstractmethod
     async def consume(self, handler: Handler, *, prefetch: int) -> None:
         """Start delivering messages to `handler`, at most `prefetch` unsettled at once."""
+
+    async def consume_dead_events(self, handler: Handler) -> None:
+        """Deliver a copy of every message that left the work queue for good (rejected,
+        expired, over a limit), so its job can be marked FAILED. Queues that drop a message
+        only when the worker itself dead-letters it (the embedded one) have none: no-op."""
 
     @abstractmethod
     async def stop_consuming(self) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
@@ -25,7 +26,6 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from smap_stt.config import Settings
 from smap_stt.errors import ConfigurationError, QueueUnavailable
 from smap_stt.jobs import JobMessage
 from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
@@ -49,7 +49,7 @@ class RabbitDelivery(Delivery):
 
     @property
     def death_reason(self) -> str:
-        """Why the broker dead-lettered this message: rejected, expired, maxlen, ..."""
+        """Why the broker dead-lettered this message (its `x-death` header)."""
         deaths = (self._message.headers or {}).get("x-death")
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
             reason = deaths[0].get("reason")
@@ -98,12 +98,27 @@ class RabbitDelivery(Delivery):
 class RabbitQueue(JobQueue):
     name = "rabbitmq"
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._url = settings.amqp_url
-        self._exchange_name = settings.rabbitmq_exchange_name
-        self._routing_key = settings.rabbitmq_routing_key
-        self._queue_name = settings.rabbitmq_queue_name
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str,
+        routing_key: str,
+        queue: str,
+        message_ttl_seconds: int,
+        retry_delays: Sequence[int],
+        message_ttl_source: str = "the settings",
+    ) -> None:
+        """`retry_delays`: the delays (seconds) a retry may wait; a wait queue exists for each.
+        `message_ttl_source` says where the TTL came from, for the error when an existing
+        queue has another."""
+        self._url = url
+        self._exchange_name = exchange
+        self._routing_key = routing_key
+        self._queue_name = queue
+        self._message_ttl_ms = message_ttl_seconds * 1000
+        self._message_ttl_source = message_ttl_source
+        self._delays = sorted(set(retry_delays) or {1})
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -194,7 +209,7 @@ class RabbitQueue(JobQueue):
             arguments = {
                 "x-max-priority": 10,
                 "x-dead-letter-exchange": self.dlx_name,
-                "x-message-ttl": self._settings.message_ttl_seconds * 1000,
+                "x-message-ttl": self._message_ttl_ms,
             }
             try:
                 queue = await channel.declare_queue(
@@ -231,11 +246,8 @@ class RabbitQueue(JobQueue):
                 await channel.close()
 
     def _ttl_conflict(self, existing_ms: int) -> str:
-        wanted_ms = self._settings.message_ttl_seconds * 1000
-        if self._settings.queue_message_ttl:
-            why = f"QUEUE_MESSAGE_TTL={self._settings.queue_message_ttl}"
-        else:
-            why = f"24 × JOB_TIMEOUT={self._settings.job_timeout}"
+        wanted_ms = self._message_ttl_ms
+        why = self._message_ttl_source
         keep = (
             f"set QUEUE_MESSAGE_TTL={existing_ms // 1000} to keep using it, or "
             if existing_ms % 1000 == 0 and existing_ms > 0
@@ -287,10 +299,6 @@ class RabbitQueue(JobQueue):
             raise
         except Exception as exc:
             raise QueueUnavailable(_describe(exc)) from exc
-
-    @property
-    def _delays(self) -> list[int]:
-        return sorted(set(self._settings.retry_delays) or {1})
 
     def _nearest_delay(self, delay: float) -> int:
         """Wait queues exist for the configured delays only; use the closest one."""

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from smap_stt.errors import InvalidRequest, JobNotFound
+from smap_stt.errors import JobConflict, JobNotFound
 from smap_stt.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobStatus, utcnow
 
 __all__ = ["JobStore"]
@@ -97,6 +97,12 @@ class JobStore(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise `BackendUnavailable` unless the database answers."""
+
+    @abstractmethod
+    async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the lease `name` for `ttl` seconds. True if `holder` has it now: it
+        was free, expired, or already `holder`'s. One atomic step, so among processes sharing
+        the database exactly one holds a lease at a time (the recovery sweeps use this)."""
 
     async def open(self) -> None:
         """Connect and create tables/indexes; idempotent."""
@@ -214,7 +220,7 @@ class JobStore(ABC):
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job.status in FINAL_STATES:
-            raise InvalidRequest(f"job {job_id} is already {job.status.value}", status_code=409)
+            raise JobConflict(f"job {job_id} is already {job.status.value}")
         now = utcnow()
         changes = {
             "status": JobStatus.CANCELLED,
@@ -230,10 +236,7 @@ class JobStore(ABC):
     async def delete(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job.status not in FINAL_STATES:
-            raise InvalidRequest(
-                f"job {job_id} is {job.status.value}; cancel it before deleting it",
-                status_code=409,
-            )
+            raise JobConflict(f"job {job_id} is {job.status.value}; cancel it before deleting it")
         await self._delete(job_id)
         await self.delete_chunks(job_id)
         return job

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,7 +19,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, InvalidRequest
+from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, JobConflict
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.store.base import JobStore
 
@@ -132,7 +132,7 @@ class MongoJobStore(JobStore):
             except DuplicateKeyError as exc:
                 if "idempotency_key" in str(exc.details or exc):
                     raise DuplicateIdempotencyKey(job.idempotency_key or "") from exc
-                raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
+                raise JobConflict(f"job {job.id} already exists") from exc
 
     async def _get(self, job_id: str) -> Job | None:
         with _unavailable_on_driver_error():
@@ -264,3 +264,20 @@ class MongoJobStore(JobStore):
     async def ping(self) -> None:
         with _unavailable_on_driver_error():
             await self._connected()[self.database].command("ping")
+
+    async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
+        now = datetime.now(UTC)
+        leases = self._connected()[self.database]["leases"]
+        free_or_ours: Document = {
+            "_id": name,
+            "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}],
+        }
+        update = {"$set": {"holder": holder, "expires_at": now + timedelta(seconds=ttl)}}
+        with _unavailable_on_driver_error():
+            try:
+                # Upsert: no lease yet creates it; a live lease of another holder does not
+                # match the filter, so the insert collides with its _id and we lost.
+                await leases.update_one(free_or_ours, update, upsert=True)
+            except DuplicateKeyError:
+                return False
+        return True

@@ -18,12 +18,12 @@ import typing
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, Field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, InvalidRequest
+from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, JobConflict
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.store.base import JobStore
 
@@ -148,7 +148,7 @@ class SqliteJobStore(JobStore):
             except sqlite3.IntegrityError as exc:
                 if "idempotency_key" in str(exc):
                     raise DuplicateIdempotencyKey(job.idempotency_key or "") from exc
-                raise InvalidRequest(f"job {job.id} already exists", status_code=409) from exc
+                raise JobConflict(f"job {job.id} already exists") from exc
 
         await self._run(insert)
 
@@ -305,6 +305,24 @@ class SqliteJobStore(JobStore):
 
         await self._run(ping)
 
+    async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
+        now = datetime.now(UTC)
+        expires = _to_sql(now + timedelta(seconds=ttl))
+
+        def lease(conn: sqlite3.Connection) -> bool:
+            # One statement: inserted, or taken over only when free, expired or ours already.
+            rows = conn.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at < ? "
+                "RETURNING holder",
+                (name, holder, expires, _to_sql(now)),
+            ).fetchall()
+            return bool(rows)
+
+        return await self._run(lease)
+
 
 def _column_sql(field: Field[Any]) -> str:
     """`name TYPE [DEFAULT value]`: the default fills rows written before the column existed."""
@@ -344,4 +362,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS chunks (job_id TEXT NOT NULL, idx INTEGER NOT NULL, "
         "data TEXT NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS leases (name TEXT NOT NULL PRIMARY KEY, "
+        "holder TEXT NOT NULL, expires_at TEXT NOT NULL) WITHOUT ROWID"
     )

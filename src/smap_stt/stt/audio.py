@@ -6,6 +6,9 @@ header promised, and a decode generator that hit one bad packet silently stops. 
 packet by packet (a bad packet is skipped, a run of them is an error), check the amount of
 audio we actually got, and turn every failure into an AudioError with a message a client can act
 on: no raw av, ValueError or OSError leaves this module.
+
+`probe` is what the API process runs on every upload, so numpy (which only the decoders need)
+is imported inside them: importing this module and probing loads no numpy.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import av.container
-import numpy as np
 
 from smap_stt.errors import AudioError, AudioTooShort
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["SAMPLE_RATE", "AudioInfo", "decode_audio", "decode_pieces", "probe"]
 
@@ -93,6 +99,8 @@ def decode_pieces(path: Path, *, piece_seconds: float) -> Iterator[np.ndarray]:
     Raises AudioError when the file cannot be decoded, a run of packets is corrupt, or nothing
     decodes at all.
     """
+    import numpy as np
+
     if piece_seconds <= 0:
         raise ValueError("piece_seconds must be positive")
     piece_samples = max(1, round(piece_seconds * SAMPLE_RATE))
@@ -122,6 +130,8 @@ def decode_pieces(path: Path, *, piece_seconds: float) -> Iterator[np.ndarray]:
 
 def decode_audio(path: Path) -> np.ndarray:
     """The whole file as 16 kHz mono float32; only for short files (1 h is 230 MB)."""
+    import numpy as np
+
     pieces = list(decode_pieces(path, piece_seconds=600.0))
     return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 

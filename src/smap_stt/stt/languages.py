@@ -1,12 +1,13 @@
 """The languages Whisper knows, and turning what a client typed into one of them.
 
-The codes come from faster-whisper's tokenizer, so we accept exactly what the model accepts.
-faster-whisper ships no names, so the names below are Whisper's own (openai/whisper tokenizer.py).
+The list is the project's own, so the API process needs no faster-whisper (nor CTranslate2) to
+validate a request; tests/unit/test_languages.py checks that it equals faster-whisper's
+tokenizer codes (`faster_whisper.tokenizer._LANGUAGE_CODES`), so we accept exactly what the
+model accepts. faster-whisper ships no names, so the names are Whisper's own
+(openai/whisper tokenizer.py).
 """
 
 from __future__ import annotations
-
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from smap_stt.errors import InvalidRequest
 
@@ -118,7 +119,18 @@ _NAMES: dict[str, str] = {
     "zh": "Chinese",
 }
 
-LANGUAGES: dict[str, str] = {code: _NAMES.get(code, code) for code in _LANGUAGE_CODES}
+# In the tokenizer's order (its language tokens follow it); faster-whisper 1.x.
+_CODES: tuple[str, ...] = (
+    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy",
+    "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw",
+    "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn",
+    "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt",
+    "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si",
+    "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl",
+    "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue",
+)  # fmt: skip
+
+LANGUAGES: dict[str, str] = {code: _NAMES[code] for code in _CODES}
 """Every language code the model accepts → its English name, in the tokenizer's order."""
 
 # Other names Whisper accepts for the same languages, and the ISO code Whisper spells differently.

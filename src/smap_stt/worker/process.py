@@ -1,6 +1,16 @@
 """One job, end to end: claim, fetch audio, transcribe with checkpoints and heartbeats, store the
-result. `handle_delivery` is the worker's only error boundary: it alone decides whether a
-message is acked, retried later, dead-lettered or handed back."""
+result.
+
+Error boundaries, each in one place:
+- `_attempt` turns whatever stopped an attempt into an `Outcome` (done, retry later, dead-letter
+  with a reason, hand back); the transcription code below it raises and never settles;
+- `handle_delivery` and `handle_dead_event` are the message handlers: they catch what escapes
+  before an attempt starts (store down, job deleted, a bug) and log an unexpected error once;
+- `settle` is the only code that settles a delivery, and applies the one give-up rule
+  (`jobs.give_up_reason`) that the recovery sweeps share. The heartbeat's early ack is the one
+  settle call outside it: a long job lets go of its message before RabbitMQ's consumer timeout
+  (settling again later is a no-op).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,8 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 from smap_stt.backends import Backends
@@ -26,7 +37,7 @@ from smap_stt.errors import (
     ModelCorrupt,
     ModelNotFound,
 )
-from smap_stt.jobs import Job, JobStatus
+from smap_stt.jobs import Job, JobStatus, give_up_reason
 from smap_stt.logs import current_job
 from smap_stt.queue.base import Delivery, decode_message
 from smap_stt.store.base import JobStore
@@ -55,84 +66,171 @@ def result_key(job_id: str) -> str:
     return f"results/{job_id}.json"
 
 
+# --- outcomes and the one place that settles them -------------------------------------------
+
+
+class Action(StrEnum):
+    DONE = "done"
+    RETRY = "retry"
+    DEAD_LETTER = "dead-letter"
+    HAND_BACK = "hand back"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do with a delivery once its handling ends."""
+
+    action: Action
+    reason: str = ""
+    job: Job | None = None
+    """The attempt this outcome ends, when one was claimed (released, retried or failed)."""
+    fail_job_id: str | None = None
+    """DEAD_LETTER without an attempt: the job to mark FAILED first (None: no job to fail)."""
+    pause: float = 0.0
+    """HAND_BACK: seconds to wait first, so a store outage does not become a busy loop."""
+
+    @classmethod
+    def done(cls) -> Outcome:
+        """Ack: the job finished, or the message needs no work (duplicate, already final)."""
+        return cls(Action.DONE)
+
+    @classmethod
+    def retry(cls, job: Job, reason: str) -> Outcome:
+        """Release the attempt and deliver again after RETRY_DELAYS, unless attempts are spent."""
+        return cls(Action.RETRY, reason, job=job)
+
+    @classmethod
+    def dead_letter(
+        cls, reason: str, *, job: Job | None = None, fail_job_id: str | None = None
+    ) -> Outcome:
+        """Give the message up; the job (the attempt `job`, or `fail_job_id`) ends FAILED."""
+        return cls(Action.DEAD_LETTER, reason, job=job, fail_job_id=fail_job_id)
+
+    @classmethod
+    def hand_back(cls, reason: str, *, job: Job | None = None, pause: float = 0.0) -> Outcome:
+        """Return the message to the queue now (releasing the attempt `job`, if any)."""
+        return cls(Action.HAND_BACK, reason, job=job, pause=pause)
+
+
+async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> None:
+    """Carry out `outcome`: the only function that settles a delivery. A store or broker that
+    fails here degrades to the next safest settlement, never to an unsettled message."""
+    store, settings, job = ctx.backends.store, ctx.settings, outcome.job
+    if outcome.action is Action.DONE:
+        await delivery.ack()
+    elif outcome.action is Action.RETRY:
+        assert job is not None
+        gave_up = give_up_reason(job, settings.max_attempts, outcome.reason)
+        if gave_up is not None:
+            await settle(ctx, delivery, Outcome.dead_letter(gave_up, job=job))
+            return
+        delay = settings.retry_delay(job.attempts)
+        note = f"attempt {job.attempts} failed: {outcome.reason}; retrying in {delay} s"
+        log.warning("%s", note)
+        # If the store is down, the retried message carries the attempt and takes the job over.
+        with contextlib.suppress(BackendUnavailable):
+            await store.release(job, error=note)
+        await _retry_later(ctx, delivery, job)
+    elif outcome.action is Action.DEAD_LETTER:
+        job_id = job.id if job is not None else outcome.fail_job_id
+        if job_id is not None:
+            try:
+                changed = await store.fail(
+                    job_id, outcome.reason, attempt=job.attempts if job is not None else None
+                )
+            except BackendUnavailable as exc:
+                if job is not None:
+                    log.warning("could not record the failure (%s); retrying the message", exc)
+                    await _retry_later(ctx, delivery, job)
+                    return
+                log.warning("could not record the failure (%s)", exc)
+            else:
+                if changed:
+                    log.error("failed: %s", outcome.reason)
+        else:
+            log.warning("dead-lettered the message: %s", outcome.reason)
+        await delivery.dead_letter(outcome.reason)
+    else:
+        log.warning("handing the message back: %s", outcome.reason)
+        await asyncio.sleep(outcome.pause)
+        if job is not None:
+            try:
+                await store.release(job, error=f"handed back: {outcome.reason}")
+            except BackendUnavailable as exc:
+                log.warning("could not release the job (%s)", exc)
+        try:
+            await delivery.hand_back()
+        except BackendUnavailable as exc:
+            log.warning(
+                "could not hand the message back (%s); the broker redelivers it or the "
+                "recovery sweeps republish the job",
+                exc,
+            )
+
+
+async def _retry_later(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
+    try:
+        await delivery.retry_later(ctx.settings.retry_delay(job.attempts), attempt=job.attempts)
+    except BackendUnavailable as exc:
+        log.warning("could not schedule the retry (%s); handing the message back", exc)
+        await settle(ctx, delivery, Outcome.hand_back("the retry could not be scheduled"))
+
+
+# --- the message handlers (error boundaries) -------------------------------------------------
+
+
 async def handle_delivery(ctx: WorkerContext, delivery: Delivery) -> None:
+    """Handle one job message; settles it exactly once, whatever happens."""
     try:
         message = decode_message(delivery.body)
     except ValueError as exc:
-        log.warning("dead-lettered a malformed message: %s", exc)
-        await delivery.dead_letter(str(exc))
+        await settle(ctx, delivery, Outcome.dead_letter(f"malformed message: {exc}"))
         return
     token = current_job.set(message.job_id)
     try:
-        await _handle(ctx, delivery, message.job_id)
-    except JobNotFound:  # deleted between reading and claiming it
-        log.warning("dead-lettered a message for a job that was deleted")
-        await delivery.dead_letter("unknown job")
-    except BackendUnavailable as exc:
-        # The store failed between reading the job and starting (or settling) an attempt.
-        log.warning("store unavailable (%s); handing the message back", exc)
-        await asyncio.sleep(HAND_BACK_PAUSE)
-        await _hand_back_message(delivery)
-    except Exception as exc:
-        # A bug or a corrupt record: never leave the message unsettled (its consumer slot would
-        # be lost for good) and never retry it blindly; the job ends FAILED with the reason.
-        log.exception("unexpected error outside an attempt")
-        reason = f"unexpected error: {type(exc).__name__}: {exc}"
         try:
-            await ctx.backends.store.fail(message.job_id, reason)
-        except Exception as store_exc:
-            log.warning("could not record the failure (%s)", store_exc)
-        await delivery.dead_letter(reason)
+            outcome = await _decide(ctx, delivery, message.job_id)
+        except JobNotFound:  # unknown, or deleted between reading and claiming it
+            outcome = Outcome.dead_letter("unknown job (deleted?)")
+        except BackendUnavailable as exc:
+            # The store failed between reading the job and starting an attempt.
+            outcome = Outcome.hand_back(f"store unavailable ({exc})", pause=HAND_BACK_PAUSE)
+        except Exception as exc:
+            # A bug or a corrupt record: never leave the message unsettled (its consumer slot
+            # would be lost for good) and never retry it blindly; the job ends FAILED.
+            log.exception("unexpected error before an attempt")
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            outcome = Outcome.dead_letter(reason, fail_job_id=message.job_id)
+        await settle(ctx, delivery, outcome)
     finally:
         current_job.reset(token)
 
 
-async def _hand_back_message(delivery: Delivery) -> None:
-    try:
-        await delivery.hand_back()
-    except BackendUnavailable as exc:
-        log.warning(
-            "could not hand the message back (%s); the recovery loop will republish the job", exc
-        )
-
-
-async def _handle(ctx: WorkerContext, delivery: Delivery, job_id: str) -> None:
+async def _decide(ctx: WorkerContext, delivery: Delivery, job_id: str) -> Outcome:
     store, settings = ctx.backends.store, ctx.settings
-    try:
-        job = await store.get(job_id)
-    except JobNotFound:
-        log.warning("dead-lettered a message for an unknown job")
-        await delivery.dead_letter("unknown job")
-        return
-
+    job = await store.get(job_id)
     if job.status.final:
         log.info("ignored a repeated message: the job is already %s", job.status.value)
-        await delivery.ack()
-        return
+        return Outcome.done()
     takeover = delivery.redelivered or delivery.retry_of == job.attempts
     if job.status is JobStatus.PROCESSING and not takeover:
         log.info("ignored a duplicate message: attempt %d is running elsewhere", job.attempts)
-        await delivery.ack()
-        return
-    if job.status is JobStatus.PROCESSING and job.attempts >= settings.max_attempts:
-        reason = (
-            f"gave up after {job.attempts} attempts: the last one stopped without "
-            "finishing (its worker died or was killed)"
-        )
-        await store.fail(job.id, reason, attempt=job.attempts)
-        log.error("failed: %s", reason)
-        await delivery.dead_letter(reason)
-        return
-
+        return Outcome.done()
+    if job.status is JobStatus.PROCESSING:
+        why = "the last one stopped without finishing (its worker died or was killed)"
+        gave_up = give_up_reason(job, settings.max_attempts, why)
+        if gave_up is not None:
+            return Outcome.dead_letter(gave_up, job=job)
     claimed = await store.claim(job.id, ctx.worker_id, takeover=takeover)
     if claimed is None:
         log.info("ignored a message: another worker claimed the job first")
-        await delivery.ack()
-        return
-    await _run_attempt(ctx, delivery, claimed)
+        return Outcome.done()
+    return await _attempt(ctx, delivery, claimed)
 
 
-async def _run_attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
+async def _attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> Outcome:
+    """Run one attempt and say how it ended; raises only CancelledError (after handing the
+    job back: the worker is shutting down past its grace period)."""
     settings = ctx.settings
     log.info(
         "started attempt %d on %s (%s, language %s, model %s)",
@@ -144,70 +242,64 @@ async def _run_attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> None
     )
     try:
         await asyncio.wait_for(_transcribe_job(ctx, delivery, job), settings.job_timeout)
-        await delivery.ack()
     except JobCancelled as exc:
         log.info("stopped: %s", exc)
-        await delivery.ack()
     except TimeoutError:
         reason = f"timeout: the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"
-        await _fail(ctx, delivery, job, reason)
+        return Outcome.dead_letter(reason, job=job)
     except PERMANENT_ERRORS as exc:
-        await _fail(ctx, delivery, job, str(exc))
+        return Outcome.dead_letter(str(exc), job=job)
     except BackendUnavailable as exc:
-        await _retry_or_fail(ctx, delivery, job, str(exc))
+        return Outcome.retry(job, str(exc))
     except asyncio.CancelledError:
-        # Shutdown past the grace period: hand the job back for another worker.
-        log.warning("handed back: the worker is shutting down")
-        await asyncio.shield(_hand_back(ctx, delivery, job))
+        outcome = Outcome.hand_back("the worker is shutting down", job=job)
+        await asyncio.shield(settle(ctx, delivery, outcome))
         raise
     except Exception as exc:
         log.exception("unexpected error in attempt %d", job.attempts)
-        await _retry_or_fail(ctx, delivery, job, f"unexpected error: {type(exc).__name__}: {exc}")
+        return Outcome.retry(job, f"unexpected error: {type(exc).__name__}: {exc}")
+    return Outcome.done()
 
 
-async def _fail(ctx: WorkerContext, delivery: Delivery, job: Job, reason: str) -> None:
+async def handle_dead_event(ctx: WorkerContext, delivery: Delivery) -> None:
+    """A message left the work queue for good (rejected, expired, over a limit): make sure its
+    job does not stay PENDING forever."""
     try:
-        changed = await ctx.backends.store.fail(job.id, reason, attempt=job.attempts)
-    except BackendUnavailable as exc:
-        log.warning("could not record the failure (%s); retrying the message later", exc)
-        await _settle_retry(ctx, delivery, job)
+        job_id = decode_message(delivery.body).job_id
+    except ValueError:
+        await settle(ctx, delivery, Outcome.done())
         return
-    if changed:
-        log.error("failed: %s", reason)
-    await delivery.dead_letter(reason)
-
-
-async def _retry_or_fail(ctx: WorkerContext, delivery: Delivery, job: Job, reason: str) -> None:
-    settings = ctx.settings
-    if job.attempts >= settings.max_attempts:
-        await _fail(ctx, delivery, job, f"gave up after {job.attempts} attempts: {reason}")
-        return
-    delay = settings.retry_delay(job.attempts)
-    note = f"attempt {job.attempts} failed: {reason}; retrying in {delay} s"
-    log.warning("%s", note)
-    # If the store is down, the retried message carries the attempt and takes the job over.
-    with contextlib.suppress(BackendUnavailable):
-        await ctx.backends.store.release(job, error=note)
-    await _settle_retry(ctx, delivery, job)
-
-
-async def _settle_retry(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
+    token = current_job.set(job_id)
     try:
-        await delivery.retry_later(ctx.settings.retry_delay(job.attempts), attempt=job.attempts)
-    except BackendUnavailable as exc:
-        log.warning("could not schedule the retry (%s); handing the message back", exc)
-        await delivery.hand_back()
+        reason = delivery.death_reason
+        if reason == "expired":
+            text = (
+                f"expired: waited more than {ctx.settings.message_ttl_seconds} s in the "
+                "queue without a worker taking it"
+            )
+        else:
+            text = f"message dead-lettered ({reason})"
+        try:
+            if await ctx.backends.store.fail(job_id, text):
+                log.error("failed: %s", text)
+            outcome = Outcome.done()
+        except JobNotFound:
+            outcome = Outcome.done()
+        except BackendUnavailable as exc:
+            outcome = Outcome.hand_back(
+                f"cannot record a dead message yet ({exc})", pause=HAND_BACK_PAUSE
+            )
+        except Exception:
+            # Dropping the event is safe: a job left PENDING is published again by the
+            # lost-messages sweep.
+            log.exception("unexpected error recording a dead message")
+            outcome = Outcome.done()
+        await settle(ctx, delivery, outcome)
+    finally:
+        current_job.reset(token)
 
 
-async def _hand_back(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
-    try:
-        await ctx.backends.store.release(job, error="handed back: its worker shut down")
-    except BackendUnavailable as exc:
-        log.warning("could not release the job (%s)", exc)
-    try:
-        await delivery.hand_back()
-    except BackendUnavailable as exc:
-        log.warning("could not hand the message back (%s); the broker will redeliver it", exc)
+# --- one attempt -----------------------------------------------------------------------------
 
 
 class _Control:
@@ -370,37 +462,3 @@ async def _store_result(
 
 def _encode(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode()
-
-
-async def handle_dead_event(ctx: WorkerContext, delivery: Delivery, reason: str) -> None:
-    """A message left the work queue for good (rejected, expired, over a limit): make sure its
-    job does not stay PENDING forever."""
-    try:
-        job_id = decode_message(delivery.body).job_id
-    except ValueError:
-        await delivery.ack()
-        return
-    token = current_job.set(job_id)
-    try:
-        if reason == "expired":
-            text = (
-                f"expired: waited more than {ctx.settings.message_ttl_seconds} s in the "
-                "queue without a worker taking it"
-            )
-        else:
-            text = f"message dead-lettered ({reason})"
-        if await ctx.backends.store.fail(job_id, text):
-            log.error("failed: %s", text)
-        await delivery.ack()
-    except JobNotFound:
-        await delivery.ack()
-    except BackendUnavailable as exc:
-        log.warning("cannot record a dead message yet (%s)", exc)
-        await asyncio.sleep(2)
-        await delivery.hand_back()
-    finally:
-        current_job.reset(token)
-
-
-def clean_temp(temp_dir: Path) -> None:
-    shutil.rmtree(temp_dir, ignore_errors=True)

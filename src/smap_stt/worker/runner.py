@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
-from datetime import timedelta
 from typing import Any
 
+from smap_stt import recovery
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable
-from smap_stt.jobs import JobMessage
 from smap_stt.queue.base import Delivery
-from smap_stt.queue.rabbitmq import RabbitDelivery, RabbitQueue
-from smap_stt.store.base import JobStore
 from smap_stt.stt import registry
 from smap_stt.stt.engine import Engine
 from smap_stt.worker.process import WorkerContext, handle_dead_event, handle_delivery
@@ -26,10 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return recovery.holder_id()
 
 
 class Worker:
+    """Consumes job messages (and dead events) and runs them; the recovery sweeps are run by
+    whoever owns the process (`run_worker`, or the app's lifespan in `serve`)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -42,10 +40,9 @@ class Worker:
         self.backends = backends
         self.ctx = WorkerContext(settings, backends, engine, worker_id or default_worker_id())
         self._running: set[asyncio.Task[Any]] = set()
-        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Load the default model, then start consuming and the recovery loop."""
+        """Load the default model, then start consuming."""
         settings = self.settings
         # The default model may live in the blob store only (pushed, not installed here).
         await registry.ensure_local(
@@ -57,9 +54,7 @@ class Worker:
         await asyncio.to_thread(self.ctx.engine.load, settings.whisper_model)
         queue = self.backends.queue
         await queue.consume(self._track(handle_delivery), prefetch=settings.max_concurrent_jobs)
-        if isinstance(queue, RabbitQueue):
-            await queue.consume_dead_events(self._track(self._dead_event))
-        self._recovery = asyncio.create_task(recovery_loop(settings, self.backends))
+        await queue.consume_dead_events(self._track(handle_dead_event))
         log.info(
             "worker %s consuming from %s (%d jobs at once, model %s)",
             self.ctx.worker_id,
@@ -80,15 +75,10 @@ class Worker:
 
         return run
 
-    async def _dead_event(self, ctx: WorkerContext, delivery: Delivery) -> None:
-        await handle_dead_event(ctx, delivery, _death_reason(delivery))
-
     async def stop(self) -> None:
         """Stop taking jobs; let running ones finish within the grace period, then hand the
         rest back to the queue."""
         await self.backends.queue.stop_consuming()
-        if self._recovery is not None:
-            self._recovery.cancel()
         running = set(self._running)
         if running:
             grace = self.settings.shutdown_grace_seconds
@@ -99,79 +89,6 @@ class Worker:
             if pending:
                 await asyncio.wait(pending, timeout=30)
         log.info("worker %s stopped", self.ctx.worker_id)
-
-
-def _death_reason(delivery: Delivery) -> str:
-    if isinstance(delivery, RabbitDelivery):
-        return delivery.death_reason
-    return "rejected"
-
-
-async def recover_once(settings: Settings, backends: Backends) -> None:
-    """One pass over the job store for messages that may be missing from the queue:
-    - the outbox: PENDING jobs never published (the broker was down at upload);
-    - stale: PROCESSING jobs whose worker stopped sending heartbeats;
-    - lost: PENDING jobs waiting long while the queue is empty."""
-    store, queue = backends.store, backends.queue
-    for job in await store.unpublished(older_than=timedelta(seconds=2)):
-        await queue.publish(JobMessage.for_job(job), priority=job.priority)
-        await store.mark_published(job.id)
-        log.info("published job %s from the outbox", job.id)
-    for job in await store.stale(older_than=timedelta(seconds=settings.stale_after)):
-        if job.attempts >= settings.max_attempts:  # released, it would run once more, forever
-            reason = (
-                f"gave up after {job.attempts} attempts: the last one stopped sending heartbeats"
-            )
-            if await store.fail(job.id, reason, attempt=job.attempts):
-                log.error("job %s failed: %s", job.id, reason)
-            continue
-        if await store.release(job, error=f"attempt {job.attempts} stopped sending heartbeats"):
-            await queue.publish(JobMessage.for_job(job), priority=job.priority)
-            log.warning(
-                "job %s: attempt %d went silent; handed to another worker", job.id, job.attempts
-            )
-    lost = await store.pending(older_than=timedelta(seconds=settings.republish_after))
-    if lost and await queue.waiting() == 0:
-        for job in lost:
-            await queue.publish(JobMessage.for_job(job), priority=job.priority)
-            await store.heartbeat_pending(job.id)
-            log.warning(
-                "job %s: waited %s s with an empty queue; published again",
-                job.id,
-                int(settings.republish_after),
-            )
-
-
-async def recovery_loop(settings: Settings, backends: Backends) -> None:
-    while True:
-        try:
-            await recover_once(settings, backends)
-        except BackendUnavailable as exc:
-            log.info("recovery pass skipped: %s", exc)
-        except Exception:
-            log.exception("recovery pass failed")
-        await asyncio.sleep(settings.outbox_interval)
-
-
-async def requeue_after_restart(store: JobStore, *, max_attempts: int) -> None:
-    """Embedded mode: the in-process queue died with the last process, so every job that was
-    queued or running is queued again (running ones resume from their checkpoints), unless it
-    already had `max_attempts` attempts: a file that crashes the process must not crash it
-    again on every restart."""
-    from smap_stt.jobs import JobStatus
-
-    for job in await store.list(status=JobStatus.PROCESSING, limit=10_000):
-        if job.attempts >= max_attempts:
-            reason = (
-                f"gave up after {job.attempts} attempts: the last one stopped without "
-                "finishing (the process died)"
-            )
-            if await store.fail(job.id, reason, attempt=job.attempts):
-                log.error("job %s failed: %s", job.id, reason)
-            continue
-        await store.release(job, error="resumed after a restart")
-    for job in await store.list(status=JobStatus.PENDING, limit=10_000):
-        await store.mark_unpublished(job.id)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -185,6 +102,7 @@ async def run_worker(settings: Settings, backends: Backends, engine: Engine) -> 
     install_signal_handlers(stop)
     await backends.open()
     worker = Worker(settings, backends, engine)
+    sweeps = asyncio.create_task(recovery.run_sweeps(settings, backends))
     try:
         while not stop.is_set():
             try:
@@ -198,4 +116,7 @@ async def run_worker(settings: Settings, backends: Backends, engine: Engine) -> 
         log.info("signal received: stopping")
         await worker.stop()
     finally:
+        sweeps.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeps
         await backends.close()

@@ -145,11 +145,7 @@ async def health(backends: BackendsDep) -> JSONResponse:
     body = HealthResponse(
         status="healthy" if healthy else "unhealthy",
         services=services,
-        backends={
-            "database": backends.store.name,
-            "rabbitmq": backends.queue.name,
-            "storage": backends.blobs.name,
-        },
+        backends=service.backend_names(backends),
     )
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 
@@ -165,10 +161,7 @@ async def list_jobs(
         int, Query(ge=0, le=10_000_000, description="Jobs to skip (paging, newest first)")
     ] = 0,
 ) -> JobListResponse:
-    jobs, total = await asyncio.gather(
-        backends.store.list(status=status, limit=limit, offset=offset),
-        backends.store.count(status=status),
-    )
+    jobs, total = await service.list_jobs(backends, status=status, limit=limit, offset=offset)
     next_offset = offset + len(jobs) if offset + len(jobs) < total and jobs else None
     return JobListResponse(
         count=len(jobs),
@@ -189,7 +182,7 @@ async def list_jobs(
 async def job_status(
     job_id: JobId, settings: SettingsDep, backends: BackendsDep
 ) -> JobStatusResponse:
-    job = await backends.store.get(job_id)
+    job = await service.get_job(backends, job_id)
     where = await service.standing(settings, backends, job)
     return JobStatusResponse.of(
         job, queue_position=where.queue_position, eta_seconds=where.eta_seconds
@@ -205,15 +198,14 @@ async def job_status(
 async def job_result(
     job_id: JobId, request: Request, settings: SettingsDep, backends: BackendsDep
 ) -> JobResultResponse:
-    job = await backends.store.get(job_id)
+    job = await service.get_job(backends, job_id)
     segments: list[SegmentOut] = []
     download_url = None
     if job.status is JobStatus.COMPLETED:
         document = await service.load_result(backends, job)
         if document is not None:
             segments = [SegmentOut(**segment) for segment in document["segments"]]
-        assert job.result_key is not None
-        download_url = await backends.blobs.presigned_url(job.result_key)
+        download_url = await service.result_url(backends, job)
         if download_url is None:
             base = settings.public_base_url or str(request.base_url)
             download_url = f"{base.rstrip('/')}/api/v1/tasks/{job.id}/download"
@@ -251,16 +243,7 @@ async def job_result(
     response_class=Response,
 )
 async def download(job_id: JobId, backends: BackendsDep) -> Response:
-    job = await backends.store.get(job_id)
-    if job.status is not JobStatus.COMPLETED or job.result_key is None:
-        return JSONResponse(
-            {
-                "status": "error",
-                "detail": f"job {job_id} is {job.status.value}; there is no transcript to download",
-            },
-            status_code=409,
-        )
-    data = await backends.blobs.get_bytes(job.result_key)
+    job, data = await service.result_bytes(backends, job_id)
     return Response(
         data,
         media_type="application/json",
@@ -275,7 +258,7 @@ async def download(job_id: JobId, backends: BackendsDep) -> Response:
     summary="Cancel a queued or running job",
 )
 async def cancel(job_id: JobId, backends: BackendsDep) -> CancelResponse:
-    job = await backends.store.cancel(job_id)
+    job = await service.cancel_job(backends, job_id)
     return CancelResponse(
         job_id=job.id,
         job_status=job.status,

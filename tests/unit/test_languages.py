@@ -7,7 +7,8 @@ from smap_stt.errors import InvalidRequest
 from smap_stt.stt.languages import LANGUAGES, normalize_language
 
 
-def test_every_whisper_code_has_a_name() -> None:
+def test_the_list_is_faster_whispers_and_every_code_has_a_name() -> None:
+    """Our own copy, so the API needs no faster-whisper: it must stay the tokenizer's."""
     assert list(LANGUAGES) == list(_LANGUAGE_CODES)
     assert LANGUAGES["vi"] == "Vietnamese"
     assert all(name != code for code, name in LANGUAGES.items())
