@@ -25,7 +25,12 @@ def models_dir() -> Path:
 
 
 async def _delete_topology(exchange: str, queue: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+    await delete_topology(AMQP_URL, exchange, queue)
+
+
+async def delete_topology(url: str, exchange: str, queue: str) -> None:
+    """Delete the queues and exchanges smap-stt declares for these names."""
+    connection = await aio_pika.connect(url)
     async with connection:
         names = [queue, f"{queue}.dead", f"{queue}.dead-events"]
         names += [f"{queue}.retry.{delay}s" for delay in (1, 2, 5, 30, 120)]
@@ -56,7 +61,9 @@ def service(tmp_path: Path, models_dir: Path) -> Iterator[Callable[..., Service]
     for svc in made:
         svc.stop_all()
         asyncio.run(
-            _delete_topology(svc.env["RABBITMQ_EXCHANGE_NAME"], svc.env["RABBITMQ_QUEUE_NAME"])
+            delete_topology(
+                AMQP_URL, svc.env["RABBITMQ_EXCHANGE_NAME"], svc.env["RABBITMQ_QUEUE_NAME"]
+            )
         )
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
@@ -120,7 +120,7 @@ class RabbitQueue(JobQueue):
         self._message_ttl_source = message_ttl_source
         self._delays = sorted(set(retry_delays) or {1})
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._connect_lock = asyncio.Lock()
         self._declared = False
@@ -149,7 +149,7 @@ class RabbitQueue(JobQueue):
         except QueueUnavailable as exc:
             log.warning("%s; will connect when it is back", exc)
 
-    async def _ensure(self) -> AbstractChannel:
+    async def _ensure(self) -> AbstractRobustChannel:
         if self._channel is not None and not self._channel.is_closed:
             return self._channel
         async with self._connect_lock:
@@ -188,7 +188,8 @@ class RabbitQueue(JobQueue):
         self._declared = False
         if connection is not None:
             with contextlib.suppress(Exception):  # already broken; nothing to release
-                await connection.close()
+                async with asyncio.timeout(_TIMEOUT):
+                    await connection.close()
 
     async def _declare_topology(self) -> None:
         assert self._connection is not None
@@ -331,15 +332,21 @@ class RabbitQueue(JobQueue):
         consumers, self._consumers = self._consumers, []
         for queue, tag in consumers:
             try:
-                await queue.cancel(tag)
+                async with asyncio.timeout(_TIMEOUT):  # a broker that is gone never answers
+                    await queue.cancel(tag)
             except Exception as exc:
                 log.warning("could not cancel consumer %s: %s", tag, exc)
+
+    # Passive declarations with robust=False: a robust channel answers a repeated passive
+    # declaration from its cache, without asking the broker (aio-pika 9-10), so counts went
+    # stale (3 messages "waiting" long after all 3 were consumed and acked) and the
+    # lost-messages sweep never saw the queue empty.
 
     async def ping(self) -> None:
         channel = await self._ensure()
         try:
             async with asyncio.timeout(5):
-                await channel.declare_queue(self._queue_name, passive=True)
+                await channel.declare_queue(self._queue_name, passive=True, robust=False)
         except Exception as exc:
             raise QueueUnavailable(_describe(exc)) from exc
 
@@ -350,7 +357,7 @@ class RabbitQueue(JobQueue):
             total = 0
             async with asyncio.timeout(5):
                 for name in names:
-                    queue = await channel.declare_queue(name, passive=True)
+                    queue = await channel.declare_queue(name, passive=True, robust=False)
                     total += queue.declaration_result.message_count or 0
             return total
         except Exception:

@@ -151,7 +151,6 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
             log.warning("dead-lettered the message: %s", outcome.reason)
         await delivery.dead_letter(outcome.reason)
     else:
-        log.warning("handing the message back: %s", outcome.reason)
         await asyncio.sleep(outcome.pause)
         if job is not None:
             try:
@@ -166,6 +165,8 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
                 "recovery sweeps republish the job",
                 exc,
             )
+        else:
+            log.warning("handed back: %s", outcome.reason)
 
 
 async def _retry_later(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
