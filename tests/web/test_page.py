@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Clip
 from tests.procs import Service, wait_running
@@ -112,6 +112,20 @@ def test_clicking_the_third_segment_plays_from_its_start(
     expect(page.locator(".segment.current")).to_have_count(1)
 
 
+def test_a_segment_plays_from_the_keyboard(page: Page, web: Service, state: dict[str, Any]) -> None:
+    with web.client() as client:
+        segments = client.get(f"/api/v1/tasks/{state['job_id']}/result").json()["segments"]
+    page.evaluate("() => { const a = document.getElementById('player'); a.pause(); }")
+    page.evaluate("() => { document.getElementById('player').currentTime = 0; }")
+
+    page.locator(".segment").nth(1).locator(".segment-time").focus()
+    page.keyboard.press("Enter")
+
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert abs(current - segments[1]["start"]) < 0.5, (current, segments[1])
+    expect(page.locator(".segment").nth(1)).to_have_attribute("aria-current", "true")
+
+
 def test_search_marks_matches_in_the_transcript(page: Page) -> None:
     third = page.locator(".segment").nth(2).locator(".segment-text").inner_text()
     word = max(re.findall(r"[A-Za-z]{4,}", third), key=len)
@@ -167,6 +181,22 @@ def test_the_page_fetched_nothing_from_elsewhere(page: Page, web: Service) -> No
     outside = [url for url in page.requested if not url.startswith((web.url, "data:", "blob:"))]  # type: ignore[attr-defined]
     assert page.requested  # type: ignore[attr-defined]
     assert outside == []
+
+
+def test_both_views_fit_a_phone_screen(
+    browser: Browser, web: Service, state: dict[str, Any]
+) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740}, color_scheme="dark")
+    try:
+        phone = context.new_page()
+        views = {f"{web.url}/": ".job", f"{web.url}/#/jobs/{state['job_id']}": ".segment"}
+        for url, content in views.items():
+            phone.goto(url)
+            expect(phone.locator(content).first).to_be_visible()
+            width = phone.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 360, f"{url}: the page is {width} px wide on a 360 px screen"
+    finally:
+        context.close()
 
 
 # --- the audio route at the HTTP level -------------------------------------------------------
