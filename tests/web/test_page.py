@@ -214,6 +214,7 @@ def test_audio_is_served_with_range_support(
         tail = client.get(url, headers={"Range": "bytes=-300"})
         open_ended = client.get(url, headers={"Range": f"bytes={size - 10}-"})
         beyond = client.get(url, headers={"Range": f"bytes={size}-"})
+        head = client.head(url, headers={"Range": "bytes=0-9"})
         links = client.get(f"/api/v1/tasks/{state['job_id']}/links").json()
         missing = client.get("/api/v1/tasks/no-such-job/audio")
 
@@ -229,6 +230,10 @@ def test_audio_is_served_with_range_support(
 
     assert tail.status_code == 206 and tail.content == original[-300:]
     assert open_ended.status_code == 206 and open_ended.content == original[-10:]
+
+    assert head.status_code == 206 and head.content == b""
+    assert head.headers["content-length"] == "10"
+    assert head.headers["content-range"] == f"bytes 0-9/{size}"
 
     assert beyond.status_code == 416
     assert beyond.headers["content-range"] == f"bytes */{size}"

@@ -21,7 +21,12 @@ export function setUpTranscript() {
   $("segments").addEventListener("click", (event) => {
     const row = event.target.closest(".segment");
     if (!row || !view) return;
-    if (event.target.closest("button") || !window.getSelection()?.toString()) playFrom(Number(row.dataset.index));
+    if (!event.target.closest("button") && window.getSelection()?.toString()) return; // selecting text
+    const index = Number(row.dataset.index);
+    const word = event.target.closest(".word");
+    const words = view.segments[index]?.words;
+    if (word && row._words && Array.isArray(words)) playFrom(index, words[row._words.indexOf(word)]?.start);
+    else playFrom(index);
   });
   const search = $("t-search");
   let debounce = null;
@@ -191,7 +196,7 @@ async function loadTranscript(mine, job) {
   );
 
   mine.segments = (doc.segments || []).filter((segment) => Number.isFinite(segment.start));
-  mine.text = (doc.text || mine.segments.map((segment) => segment.text.trim()).join(" ")).trim();
+  mine.text = (doc.text || mine.segments.map((segment) => String(segment.text || "").trim()).join(" ")).trim();
   renderSegments(mine);
   applySearch($("t-search").value);
 }
@@ -217,7 +222,7 @@ function renderSegments(mine) {
 function fillText(row, segment, query) {
   const target = row._text;
   if (query) {
-    const pieces = segment.text.split(new RegExp(`(${escapeRegExp(query)})`, "gi"));
+    const pieces = String(segment.text || "").split(new RegExp(`(${escapeRegExp(query)})`, "gi"));
     target.replaceChildren(...pieces.map((piece, i) => (i % 2 ? el("mark", { text: piece }) : piece)));
     row._words = null;
     return pieces.length > 1;
@@ -227,7 +232,7 @@ function fillText(row, segment, query) {
     target.replaceChildren(...row._words);
   } else {
     row._words = null;
-    target.textContent = segment.text.trim();
+    target.textContent = String(segment.text || "").trim();
   }
   return false;
 }
@@ -236,11 +241,12 @@ function escapeRegExp(text) {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-function playFrom(index) {
+/** Play from the segment's start, or from `at` (a word's start) within it. */
+function playFrom(index, at) {
   const segment = view.segments[index];
   if (!segment) return;
   const audio = $("player");
-  audio.currentTime = segment.start;
+  audio.currentTime = Number.isFinite(at) ? at : segment.start;
   const playing = audio.play();
   if (playing) playing.catch(() => {}); // no audio device, or the browser wants a gesture: seeking still worked
   setCurrent(index, { scroll: false });

@@ -63,6 +63,7 @@ async def _stream(blobs: BlobStore, key: str, offset: int, length: int) -> Async
         log.warning("audio %s: storage failed mid-stream (%s)", key, exc)
 
 
+@router.head("/{job_id}/audio", include_in_schema=False)
 @router.get(
     "/{job_id}/audio",
     response_class=Response,
@@ -90,6 +91,13 @@ async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Respo
             headers={**headers, "Content-Range": f"bytes */{size}"},
         )
     media_type = audio_media_type(job.audio_key)
+    if request.method == "HEAD":  # what a GET would answer, without reading the file
+        length = size if wanted is None else wanted.length
+        headers["Content-Length"] = str(length)
+        if wanted is not None:
+            headers["Content-Range"] = wanted.content_range(size)
+        status = 200 if wanted is None else 206
+        return Response(status_code=status, media_type=media_type, headers=headers)
     if wanted is None:
         headers["Content-Length"] = str(size)
         body = _stream(backends.blobs, job.audio_key, 0, size)
