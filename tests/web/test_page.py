@@ -176,6 +176,21 @@ def test_a_refused_file_shows_the_servers_reason(page: Page, web: Service, tmp_p
     expect(item.locator(".upload-error")).to_have_text(reason)
     expect(item).to_have_attribute("data-state", "refused")
 
+    # The same through the drop zone: a file dropped on it is uploaded like a picked one.
+    page.evaluate(
+        """(text) => {
+          const files = new DataTransfer();
+          files.items.add(new File([text], "dropped.wav", {type: "audio/wav"}));
+          const zone = document.getElementById("dropzone");
+          zone.dispatchEvent(new DragEvent("dragenter", {dataTransfer: files, bubbles: true}));
+          zone.dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+        }""",
+        bad.read_text(),
+    )
+    dropped = page.locator(".upload", has_text="dropped.wav")
+    expect(dropped.locator(".upload-error")).to_have_text(reason)
+    expect(page.locator("#dropzone")).not_to_have_class(re.compile("dragging"))
+
 
 def test_the_page_fetched_nothing_from_elsewhere(page: Page, web: Service) -> None:
     outside = [url for url in page.requested if not url.startswith((web.url, "data:", "blob:"))]  # type: ignore[attr-defined]
