@@ -37,6 +37,9 @@ stack: models rabbitmq
 system-deps:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@# promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yml.
+	@test -x /usr/bin/promtool || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 rabbitmq:
 	@bash scripts/ensure-rabbitmq.sh

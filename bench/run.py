@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench.run [a b c d e f] [--quick]` (all by default).
+"""Run the benchmarks: `python -m bench.run [a b c d e f g] [--quick]` (all by default).
 Each prints a Markdown table; all are appended to .bench-data/results.md."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import bigupload, ingest, long, overhead, throughput, verylong
+from bench import bigupload, compression, ingest, long, overhead, throughput, verylong
 
 BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "a": overhead.main,
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "d": ingest.main,
     "e": bigupload.main,
     "f": verylong.main,
+    "g": compression.main,
 }
 
 

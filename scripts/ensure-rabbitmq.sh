@@ -7,7 +7,8 @@ if ! command -v rabbitmq-server >/dev/null; then
   echo "installing rabbitmq-server with apt-get"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
 fi
-echo "starting rabbitmq-server"
+echo "starting rabbitmq-server (with the management UI on 127.0.0.1:15672)"
+rabbitmq-plugins --offline enable rabbitmq_management >/dev/null 2>&1 || true
 rabbitmq-server -detached
 rabbitmqctl await_startup --timeout 120 >/dev/null
 for _ in $(seq 1 60); do port_open && exit 0; sleep 1; done

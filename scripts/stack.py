@@ -76,6 +76,28 @@ def _pick_port(variable: str, preferred: int) -> int | None:
 _PARENT = os.getpid()
 
 
+def _metrics_port(n: int) -> int:
+    """Worker n's WORKER_METRICS_PORT: 9100 + n when free, else any free port."""
+    if _port_free(9100 + n):
+        return 9100 + n
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _management_ui() -> str:
+    """Where RabbitMQ's management UI is, or how to turn it on (a broker that was already
+    running is left as it is)."""
+    with contextlib.suppress(httpx.HTTPError):
+        if httpx.get("http://127.0.0.1:15672/", timeout=3).status_code < 500:
+            return "http://127.0.0.1:15672  (user guest, password guest on a default broker)"
+    return (
+        "not enabled; turn it on with `rabbitmq-plugins enable rabbitmq_management`, "
+        "then http://127.0.0.1:15672"
+    )
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the stack itself dies without cleaning up, even by SIGKILL
     (Linux). The storage servers get the same from tests/servers.py."""
@@ -173,7 +195,10 @@ class Stack:
         env = self._servers()
         api = self._child("api", "api", {**env, "API_WORKERS": str(self.api_workers)})
         workers = [
-            self._child(f"worker-{n}", "worker", env) for n in range(1, self.workers_count + 1)
+            self._child(
+                f"worker-{n}", "worker", {**env, "WORKER_METRICS_PORT": str(_metrics_port(n))}
+            )
+            for n in range(1, self.workers_count + 1)
         ]
         self._wait_api(api)
         for worker in workers:
@@ -183,10 +208,12 @@ class Stack:
     def _rabbitmq(self) -> None:
         if _port_open(RABBITMQ_PORT):
             say(f"RabbitMQ: already running on 127.0.0.1:{RABBITMQ_PORT} (left alone)")
-            return
-        say("RabbitMQ: not running; starting it (scripts/ensure-rabbitmq.sh)")
-        subprocess.run(["bash", str(ROOT / "scripts" / "ensure-rabbitmq.sh")], check=True)
-        self.started_rabbitmq = True
+        else:
+            say("RabbitMQ: not running; starting it (scripts/ensure-rabbitmq.sh)")
+            # The script enables the management plugin on a broker it starts.
+            subprocess.run(["bash", str(ROOT / "scripts" / "ensure-rabbitmq.sh")], check=True)
+            self.started_rabbitmq = True
+        self.management = _management_ui()
 
     def _servers(self) -> dict[str, str]:
         from tests.servers import start_mongo, start_s3
@@ -280,6 +307,11 @@ class Stack:
             f"{env.get('WHISPER_CPU_THREADS', 'auto')} thread(s) per job",
             f"  RabbitMQ     {amqp}  queue {s.rabbitmq_queue_name}"
             f"{'' if self.started_rabbitmq else '  (already running; left alone)'}",
+            f"  RabbitMQ UI  {self.management}",
+            f"  metrics      {self.api_url}/metrics (API); workers: "
+            + ", ".join(
+                f"http://127.0.0.1:{w.env['WORKER_METRICS_PORT']}/metrics" for w in workers
+            ),
             f"  MongoDB      {self.mongo.url}  database {s.mongodb_database}   (SecantusDB)",
             f"  S3           {self.s3.url}  bucket {s.minio_bucket}   (SeaweedFS)",
             f"               access key {self.s3.access_key}  secret key {self.s3.secret_key}",

@@ -8,11 +8,12 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smap_stt.config import Settings
 
@@ -44,7 +45,15 @@ def _run_uvicorn(app: FastAPI, settings: Settings) -> None:
     Server(config).run()
 
 
+def _clean_temp(settings: Settings) -> None:
+    """Spool and work files of processes that no longer run (issue 11)."""
+    from smap_stt.retention import clean_stale_temp
+
+    clean_stale_temp(settings.temp_dir)
+
+
 def _serve(settings: Settings, _: argparse.Namespace) -> None:
+    _clean_temp(settings)
     from smap_stt.api.app import create_app
     from smap_stt.backends import make_backends
     from smap_stt.stt.engine import Engine
@@ -72,6 +81,7 @@ def _check_queue(settings: Settings) -> None:
 
 
 def _api(settings: Settings, _: argparse.Namespace) -> None:
+    _clean_temp(settings)
     import uvicorn
 
     _check_queue(settings)
@@ -80,21 +90,34 @@ def _api(settings: Settings, _: argparse.Namespace) -> None:
 
         _run_uvicorn(create_app_from_env(), settings)
         return
-    uvicorn.run(
-        "smap_stt.api.app:create_app_from_env",
-        factory=True,
-        host=settings.api_host,
-        port=settings.api_port,
-        workers=settings.api_workers,
-        log_config=None,
-    )
+    from smap_stt import metrics
+
+    # Set before uvicorn starts its worker processes, which inherit it: their metrics then go
+    # to files there and every scrape adds up all of them (prometheus-client multiprocess mode).
+    path = metrics.enable_multiprocess(settings.temp_dir)
+    try:
+        uvicorn.run(
+            "smap_stt.api.app:create_app_from_env",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=settings.api_workers,
+            log_config=None,
+        )
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> None:
+    _clean_temp(settings)
     from smap_stt.backends import make_backends
     from smap_stt.stt.engine import Engine
     from smap_stt.worker.runner import run_worker
 
+    if settings.worker_metrics_port:
+        from smap_stt import metrics
+
+        metrics.start_worker_server(settings.worker_metrics_host, settings.worker_metrics_port)
     asyncio.run(run_worker(settings, make_backends(settings, embedded=False), Engine(settings)))
 
 
@@ -183,6 +206,104 @@ async def _push(settings: Settings, name: str) -> None:
     print(f"pushed {name} ({size / 1e6:.1f} MB) to the {blobs.name} blob store")
 
 
+# --- operations (issue 11): queue administration, webhooks, cleanup ---------------------------
+
+
+def _ops_backends(settings: Settings, embedded: bool) -> Any:
+    from smap_stt.backends import make_backends
+
+    return make_backends(settings, embedded=embedded)
+
+
+def _queue(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt import admin
+
+    embedded = bool(args.embedded)
+    backends = _ops_backends(settings, embedded)
+    action = args.action
+    if action == "stats":
+        view = asyncio.run(
+            admin.with_backends(backends, lambda b: admin.overview(b, embedded=embedded))
+        )
+        stats, oldest = view.stats, view.oldest_pending
+        source = "job store (embedded queue of `serve`)" if embedded else "RabbitMQ"
+        print(f"queues ({source}):")
+        print(f"  work   {stats.work:>8}  waiting to be processed")
+        print(f"  retry  {stats.retry:>8}  waiting for a delayed retry")
+        print(f"  dead   {stats.dead:>8}  {'FAILED jobs' if embedded else 'dead letters'}")
+        consumers = "not known here (see /metrics)" if stats.consumers is None else stats.consumers
+        print(f"consumers: {consumers}")
+        if oldest is None:
+            print("oldest waiting job: none")
+        else:
+            print(
+                f"oldest waiting job: {oldest.id} ({admin.age_text(oldest)} old, {oldest.filename})"
+            )
+    elif action == "dead":
+        letters = asyncio.run(admin.with_backends(backends, admin.dead_letters))
+        if not letters:
+            print("no dead letters")
+        for letter in letters:
+            print(f"{letter.job_id}  {letter.failed_at or '-':<25}  {letter.reason}")
+    elif action == "requeue-dead":
+        if not args.job_ids and not args.all:
+            sys.exit("smap-stt: name the jobs to requeue (JOB_ID ...) or pass --all")
+        ids = None if args.all else list(args.job_ids)
+        results = asyncio.run(
+            admin.with_backends(backends, lambda b: admin.requeue_dead(b, ids, embedded=embedded))
+        )
+        if not results:
+            print("no dead letters to requeue")
+        for old, new in results:
+            print(f"{old} -> {new}")
+    elif action == "purge":
+        if not args.yes:
+            sys.exit(
+                "smap-stt: purge marks every waiting job FAILED; run it again with --yes to do it"
+            )
+        count = asyncio.run(admin.with_backends(backends, admin.purge))
+        print(f"purged {count} job(s): marked FAILED ({admin.PURGE_REASON})")
+
+
+def _webhooks(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt import admin, webhooks
+
+    backends = _ops_backends(settings, True)
+    outcome = asyncio.run(
+        admin.with_backends(backends, lambda b: webhooks.redeliver(settings, b.store, args.job_id))
+    )
+    print(f"job {args.job_id}: webhook {outcome}")
+    if outcome not in ("delivered",):
+        print("  (see `webhook.attempts` in the job's status; retries follow WEBHOOK_RETRY_DELAYS)")
+
+
+def _cleanup(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt import admin, retention
+
+    backends = _ops_backends(settings, True)
+    report = asyncio.run(
+        admin.with_backends(
+            backends, lambda b: retention.apply_retention(settings, b, dry_run=args.dry_run)
+        )
+    )
+    verb = "would delete" if args.dry_run else "deleted"
+    if settings.retention_days <= 0 and not any(
+        settings.retention_for(status) for status in ("COMPLETED", "FAILED", "CANCELLED")
+    ):
+        print("RETENTION_DAYS is 0: jobs are kept forever")
+    for status, count in sorted(report.deleted.items()):
+        print(f"{verb} {count} {status} job(s)")
+    if not report.deleted:
+        print(f"{verb} no jobs")
+    if not settings.keep_audio:
+        print(f"{verb} the audio of {report.audio_deleted} final job(s) (KEEP_AUDIO=false)")
+    if not args.dry_run:
+        removed = retention.clean_stale_temp(settings.temp_dir)
+        print(
+            f"removed {removed} stale entr{'y' if removed == 1 else 'ies'} from {settings.temp_dir}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smap-stt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
         "name", nargs="?", default="", help="model to push (default: WHISPER_MODEL)"
     )
     models.set_defaults(run=_models)
+    queue = commands.add_parser(
+        "queue", help="queue administration: stats, dead, requeue-dead, purge"
+    )
+    queue.add_argument("action", choices=["stats", "dead", "requeue-dead", "purge"])
+    queue.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="requeue-dead: these jobs")
+    queue.add_argument("--all", action="store_true", help="requeue-dead: every dead letter")
+    queue.add_argument("--yes", action="store_true", help="purge: yes, really")
+    queue.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the queue of `smap-stt serve` (through the job store) instead of RabbitMQ",
+    )
+    queue.set_defaults(run=_queue)
+    hooks = commands.add_parser("webhooks", help="webhooks: redeliver JOB_ID")
+    hooks.add_argument("action", choices=["redeliver"])
+    hooks.add_argument("job_id", metavar="JOB_ID")
+    hooks.set_defaults(run=_webhooks)
+    cleanup = commands.add_parser(
+        "cleanup", help="apply RETENTION_DAYS and KEEP_AUDIO now; remove stale temp files"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would go")
+    cleanup.set_defaults(run=_cleanup)
     return parser
 
 
@@ -252,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         # so their logs go to stderr.
         setup_logging(
             settings,
-            stream=sys.stderr if args.command in ("transcribe", "models") else sys.stdout,
+            stream=sys.stderr
+            if args.command in ("transcribe", "models", "queue", "webhooks", "cleanup")
+            else sys.stdout,
         )
         args.run(settings, args)
     except ConfigurationError as exc:

@@ -202,6 +202,60 @@ class Settings(BaseSettings):
         False, description="Let faster-whisper fetch unknown model names from the hub."
     )
 
+    # Operations (issue 11): metrics, webhooks, retention
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a worker process's Prometheus `/metrics` (0: off). `serve` and "
+        "`api` expose theirs on the API's `/metrics`.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address a worker's `/metrics` listens on."
+    )
+    webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key that signs webhook deliveries (X-SMAP-Signature); "
+        "uploads with a callback_url are refused while it is empty.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="A webhook receiver must answer 2xx within this."
+    )
+    webhook_retry_delays: list[int] = Field(
+        default_factory=lambda: [5, 30, 120, 600, 3600],
+        description="Seconds before webhook attempt 2, 3, ... (comma separated); one attempt "
+        "more than delays in all. A 410 answer stops retries.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhooks to loopback, private and link-local addresses (internal "
+        "deployments, tests). Cloud metadata addresses stay refused.",
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, description="Webhook deliveries one process sends at once."
+    )
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="Delete final jobs (with audio, transcript, checkpoints) this many days "
+        "after they finished (0: keep forever).",
+    )
+    retention_completed_days: float | None = Field(
+        None, ge=0, description="RETENTION_DAYS for COMPLETED jobs (empty: RETENTION_DAYS)."
+    )
+    retention_failed_days: float | None = Field(
+        None, ge=0, description="RETENTION_DAYS for FAILED jobs (empty: RETENTION_DAYS)."
+    )
+    retention_cancelled_days: float | None = Field(
+        None, ge=0, description="RETENTION_DAYS for CANCELLED jobs (empty: RETENTION_DAYS)."
+    )
+    retention_interval: float = Field(600, gt=0, description="Seconds between retention sweeps.")
+    keep_audio: bool = Field(
+        True,
+        description="Keep a job's audio once it is final (false: delete it then; the "
+        "transcript stays).",
+    )
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR."
@@ -218,7 +272,7 @@ class Settings(BaseSettings):
         container = _container(cls.model_fields[info.field_name].annotation)
         return value if container is None else split_setting(value, container)
 
-    @field_validator("retry_delays", mode="before")
+    @field_validator("retry_delays", "webhook_retry_delays", mode="before")
     @classmethod
     def _one_delay(cls, value: object) -> object:
         return [value] if isinstance(value, int) else value
@@ -249,6 +303,15 @@ class Settings(BaseSettings):
     @property
     def message_ttl_seconds(self) -> int:
         return self.queue_message_ttl or 24 * self.job_timeout
+
+    def retention_for(self, status: str) -> float:
+        """Days a final job in `status` is kept (0: forever)."""
+        override = {
+            "COMPLETED": self.retention_completed_days,
+            "FAILED": self.retention_failed_days,
+            "CANCELLED": self.retention_cancelled_days,
+        }.get(status)
+        return self.retention_days if override is None else override
 
     def retry_delay(self, attempt: int) -> int:
         """Delay before retrying after failed attempt number `attempt` (1-based)."""

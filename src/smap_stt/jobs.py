@@ -21,6 +21,16 @@ class JobStatus(StrEnum):
         return self in FINAL_STATES
 
 
+DATETIME_FIELDS = (
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "heartbeat_at",
+    "webhook_next_at",
+    "webhook_delivered_at",
+    "audio_deleted_at",
+)
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATES = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
 
@@ -72,6 +82,23 @@ class Job:
     """Hex sha256 of the uploaded file, computed while it streamed in."""
     deduplicated_from: str | None = None
     """With DEDUP=true: the finished job whose transcript this one reuses."""
+    # --- operations (issue 11): webhooks, requeued dead letters, retention ---
+    callback_url: str | None = None
+    """Where to POST the job's final state (webhooks)."""
+    webhook_delivery_id: str | None = None
+    """The id of the current delivery (X-SMAP-Delivery): the same for every retry of it."""
+    webhook_next_at: datetime | None = None
+    """When the next webhook attempt is due; None: nothing to send (none asked, delivered,
+    given up). Set in the same guarded update that makes the job final (the outbox)."""
+    webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Every attempt: {at, status_code | error, duration_ms, delivery_id}."""
+    webhook_delivered_at: datetime | None = None
+    retry_of: str | None = None
+    """The FAILED job this one was requeued from (`smap-stt queue requeue-dead`)."""
+    requeued_as: str | None = None
+    """The new job a FAILED one was requeued as (it stays FAILED: final states never change)."""
+    audio_deleted_at: datetime | None = None
+    """When the audio was deleted because the job was final and KEEP_AUDIO is false."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +108,16 @@ class Job:
         known = {name for name in cls.__dataclass_fields__}
         values = {key: value for key, value in data.items() if key in known}
         values["status"] = JobStatus(values["status"])
-        for key in ("created_at", "updated_at", "started_at", "completed_at", "heartbeat_at"):
+        if values.get("webhook_attempts") is None:  # rows written before the field existed
+            values.pop("webhook_attempts", None)
+        for key in DATETIME_FIELDS:
             value = values.get(key)
             if isinstance(value, str):
                 value = datetime.fromisoformat(value)
             if isinstance(value, datetime) and value.tzinfo is None:
                 value = value.replace(tzinfo=UTC)
-            values[key] = value
+            if key in values:
+                values[key] = value
         return cls(**values)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from smap_stt import retention, webhooks
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable
@@ -94,6 +95,10 @@ SWEEPS: list[Sweep] = [
     Sweep("outbox", publish_outbox),
     Sweep("stale-jobs", release_stale),
     Sweep("lost-messages", republish_lost),
+    # operations (issue 11)
+    Sweep("webhooks", webhooks.send_due),
+    Sweep("final-audio", retention.audio_sweep),
+    Sweep("retention", retention.retention_sweep, every=lambda s: s.retention_interval),
 ]
 
 

@@ -10,10 +10,12 @@ import contextlib
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smap_stt import metrics, webhooks
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -94,6 +96,7 @@ async def submit(
     except AudioError as exc:
         raise InvalidRequest(str(exc), status_code=415) from None
 
+    callback_url = await callback_from(settings, upload.fields)  # issue 11
     job_id = new_job_id()
     # Recorded as published before publishing, to save a write per upload: if publishing
     # fails it is marked unpublished for the outbox; if this process dies in between, the
@@ -111,6 +114,9 @@ async def submit(
         duration_seconds=round(info.duration, 3),
         idempotency_key=idempotency_key,
         content_sha256=upload.sha256 or None,
+        # operations (issue 11)
+        callback_url=callback_url,
+        webhook_delivery_id=str(uuid.uuid4()) if callback_url else None,
     )
     if settings.dedup and upload.sha256:
         twin = await _finished_twin(backends, job)
@@ -129,7 +135,9 @@ async def submit(
         with contextlib.suppress(BackendUnavailable):  # then the lost-job check republishes it
             await backends.store.mark_unpublished(job.id)
         job.published = False
+        metrics.observe_accepted(job.model, job.size_bytes)
         return job
+    metrics.observe_accepted(job.model, job.size_bytes)
     log.info(
         "job %s accepted: %s, %.2f MB, language %s, model %s, priority %d",
         job.id,
@@ -159,6 +167,18 @@ async def list_jobs(
 
 async def cancel_job(backends: Backends, job_id: str) -> Job:
     return await backends.store.cancel(job_id)
+
+
+async def callback_from(settings: Settings, fields: dict[str, str]) -> str | None:
+    """The upload's `callback_url`, checked (422 when webhooks may not reach it)."""
+    url = fields.get("callback_url") or ""
+    if not url:
+        return None
+    if not settings.webhook_secret:
+        raise InvalidRequest(
+            "callback_url needs WEBHOOK_SECRET to be set on the server, to sign the webhooks"
+        )
+    return await webhooks.check_callback_url(url, allow_private=settings.webhook_allow_private)
 
 
 async def load_result(backends: Backends, job: Job) -> dict[str, Any] | None:
@@ -324,6 +344,8 @@ async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job
     job.result_key = f"{RESULT_PREFIX}{job.id}.json"
     job.deduplicated_from = twin.id
     job.started_at = job.completed_at = now
+    if job.callback_url:  # final at once: its webhook is due now (issue 11)
+        job.webhook_next_at = now
     if hasattr(twin, "language_probability"):
         job.language_probability = twin.language_probability  # type: ignore[attr-defined]
     data = await asyncio.to_thread(lambda: json.dumps(document, ensure_ascii=False).encode())

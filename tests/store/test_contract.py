@@ -427,3 +427,57 @@ async def test_racing_holders_get_exactly_one_lease(job_store: JobStore) -> None
         for store in stores:
             await store.close()
     assert sum(won) == 1
+
+
+# --- operations (issue 11): JSON fields, webhook outbox, retention queries -------------------
+
+
+async def test_list_fields_round_trip(job_store: JobStore) -> None:
+    attempts = [{"at": "2026-01-01T00:00:00+00:00", "status_code": 500, "duration_ms": 12}]
+    job = await created(job_store, callback_url="http://h.example/x", webhook_attempts=attempts)
+    assert (await job_store.get(job.id)).webhook_attempts == attempts
+    assert (await job_store.get((await created(job_store)).id)).webhook_attempts == []
+    await job_store.fail(job.id, "broken")
+    more = [*attempts, {"at": "later", "error": "timeout", "duration_ms": 3}]
+    updated = await job_store.update_final(job.id, {"webhook_attempts": more})
+    assert updated is not None and updated.webhook_attempts == more
+    assert (await job_store.get(job.id)).webhook_attempts == more
+
+
+async def test_final_transition_makes_the_webhook_due(job_store: JobStore) -> None:
+    hooked = await claimed(job_store)
+    await job_store._update(
+        hooked.id,
+        statuses=[JobStatus.PROCESSING],
+        attempts=None,
+        changes={"callback_url": "http://h.example/x"},
+    )
+    plain = await claimed(job_store)
+    assert await job_store.complete(hooked)
+    assert await job_store.complete(plain)
+    await asyncio.sleep(0.01)
+    due = {job.id for job in await job_store.webhooks_due(limit=100)}
+    assert hooked.id in due and plain.id not in due
+    await job_store.update_final(hooked.id, {"webhook_next_at": None})
+    assert hooked.id not in {job.id for job in await job_store.webhooks_due(limit=100)}
+    with pytest.raises(ValueError):
+        await job_store.update_final(hooked.id, {"status": JobStatus.PENDING})
+
+
+async def test_finished_before_and_counts(job_store: JobStore) -> None:
+    old = await created(job_store)
+    await job_store.fail(old.id, "x")
+    await job_store.update_final(old.id, {"completed_at": utcnow() - timedelta(days=3)})
+    new = await created(job_store)
+    await job_store.fail(new.id, "y")
+    pending = await created(job_store)
+    found = await job_store.finished_before(
+        status=JobStatus.FAILED, before=utcnow() - timedelta(days=1), limit=100
+    )
+    ids = {job.id for job in found}
+    assert old.id in ids and new.id not in ids and pending.id not in ids
+    assert await job_store.count(status=JobStatus.PENDING) >= 1
+    kept = {job.id for job in await job_store.audio_kept(limit=1000)}
+    assert old.id in kept and pending.id not in kept
+    await job_store.update_final(old.id, {"audio_deleted_at": utcnow()})
+    assert old.id not in {job.id for job in await job_store.audio_kept(limit=1000)}

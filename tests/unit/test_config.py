@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 _CHANGED: dict[str, tuple[str, object]] = {
     "max_concurrent_jobs": ("3", 3),  # its default depends on the machine
     "retry_delays": ("7, 8,9", [7, 8, 9]),
+    "retention_completed_days": ("30", 30.0),  # default None: RETENTION_DAYS applies
+    "retention_failed_days": ("7", 7.0),
+    "retention_cancelled_days": ("1.5", 1.5),
 }
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smap_stt import __version__, recovery
-from smap_stt.api.routes import media, page, tasks
+from smap_stt.api.routes import media, ops, page, tasks
 from smap_stt.backends import Backends, make_backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -127,6 +127,7 @@ def create_app(
     app.include_router(media.router)
     app.include_router(page.router)
     app.mount("/web", page.static_files(), name="web")
+    app.include_router(ops.router)  # /metrics (issue 11)
     return app
 
 

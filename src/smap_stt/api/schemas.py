@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from smap_stt import webhooks
 from smap_stt.jobs import Job, JobStatus
 
 
@@ -21,6 +22,20 @@ class UploadResponse(BaseModel):
     job_id: str
     message: str
     details: UploadDetails
+
+
+class WebhookAttempt(BaseModel):
+    at: str
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int
+
+
+class WebhookStatus(BaseModel):
+    url: str = Field(description="The callback URL without its query string")
+    attempts: list[WebhookAttempt]
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
 
 
 class JobStatusResponse(BaseModel):
@@ -61,12 +76,19 @@ class JobStatusResponse(BaseModel):
         None, description="DEDUP=true: the finished job whose transcript this job reuses."
     )
 
+    # operations (issue 11)
+    webhook: WebhookStatus | None = None
+    retry_of: str | None = None
+
     @classmethod
     def of(
         cls, job: Job, *, queue_position: int | None = None, eta_seconds: float | None = None
     ) -> JobStatusResponse:
+        webhook = webhooks.status_view(job)
         return cls(
             job_id=job.id,
+            webhook=None if webhook is None else WebhookStatus.model_validate(webhook),
+            retry_of=job.retry_of,
             queue_position=queue_position,
             eta_seconds=eta_seconds,
             **{

@@ -6,12 +6,23 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
-from smap_stt.jobs import JobMessage
+from smap_stt.jobs import JobMessage, JobStatus
 
-__all__ = ["Delivery", "Handler", "JobQueue", "decode_message", "encode_message"]
+if TYPE_CHECKING:
+    from smap_stt.store.base import JobStore
+
+__all__ = [
+    "Delivery",
+    "Handler",
+    "JobQueue",
+    "QueueStats",
+    "decode_message",
+    "encode_message",
+    "store_stats",
+]
 
 
 def encode_message(message: JobMessage) -> bytes:
@@ -67,6 +78,16 @@ class Delivery(ABC):
 Handler = Callable[[Delivery], Coroutine[Any, Any, None]]
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """Messages per queue and consumers of the work queue (None: not known here)."""
+
+    work: int
+    retry: int
+    dead: int
+    consumers: int | None
+
+
 class JobQueue(ABC):
     """Every method may raise `QueueUnavailable` when the broker does not answer."""
 
@@ -99,3 +120,21 @@ class JobQueue(ABC):
     async def waiting(self) -> int | None:
         """Messages waiting to be delivered (including delayed retries), if known."""
         return None
+
+    # --- operations (issue 11) ---------------------------------------------------------------
+
+    async def stats(self, store: JobStore) -> QueueStats:
+        """Depths for metrics and `smap-stt queue stats`; by default from the job store."""
+        return await store_stats(store)
+
+
+async def store_stats(store: JobStore) -> QueueStats:
+    """Queue figures from the job store, the record behind the embedded queue (the CLI beside
+    `serve` reads them so): work = PENDING jobs, dead = FAILED jobs; delayed retries and
+    consumers are not known there."""
+    return QueueStats(
+        work=await store.count(status=JobStatus.PENDING),
+        retry=0,
+        dead=await store.count(status=JobStatus.FAILED),
+        consumers=None,
+    )

@@ -10,8 +10,9 @@ import asyncio
 import itertools
 import logging
 
-from smap_stt.jobs import JobMessage
-from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
+from smap_stt.jobs import JobMessage, JobStatus
+from smap_stt.queue.base import Delivery, Handler, JobQueue, QueueStats, encode_message
+from smap_stt.store.base import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class _EmbeddedDelivery(Delivery):
         self._settle()
         priority, _, body, _ = self._item
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, self._queue._put, -priority, body, attempt)
+        self._queue._delayed += 1
+        loop.call_later(delay, self._queue._put_delayed, -priority, body, attempt)
 
     async def dead_letter(self, reason: str) -> None:
         if not self._settled:
@@ -66,6 +68,7 @@ class EmbeddedQueue(JobQueue):
         self._order = itertools.count()
         self._consumers: list[asyncio.Task[None]] = []
         self._slots: asyncio.Semaphore | None = None
+        self._delayed = 0
 
     async def publish(self, message: JobMessage, *, priority: int) -> None:
         self._put(priority, encode_message(message), None)
@@ -105,3 +108,19 @@ class EmbeddedQueue(JobQueue):
 
     async def waiting(self) -> int:
         return self._items.qsize()
+
+    # --- operations (issue 11) ---------------------------------------------------------------
+
+    def _put_delayed(self, priority: int, body: bytes, retry_of: int | None) -> None:
+        self._delayed -= 1
+        self._put(priority, body, retry_of)
+
+    async def stats(self, store: JobStore) -> QueueStats:
+        """From memory, but dead letters: the embedded queue drops them, their jobs are the
+        FAILED ones in the store."""
+        return QueueStats(
+            work=self._items.qsize(),
+            retry=self._delayed,
+            dead=await store.count(status=JobStatus.FAILED),
+            consumers=len(self._consumers),
+        )

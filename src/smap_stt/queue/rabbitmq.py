@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -28,7 +28,8 @@ from aio_pika.abc import (
 
 from smap_stt.errors import ConfigurationError, QueueUnavailable
 from smap_stt.jobs import JobMessage
-from smap_stt.queue.base import Delivery, Handler, JobQueue, encode_message
+from smap_stt.queue.base import Delivery, Handler, JobQueue, QueueStats, encode_message
+from smap_stt.store.base import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,86 @@ class RabbitQueue(JobQueue):
     async def close(self) -> None:
         await self.stop_consuming()
         await self._drop_connection()
+
+    # --- operations (issue 11) ---------------------------------------------------------------
+
+    async def stats(self, store: JobStore) -> QueueStats:
+        """From the broker: passive declarations report depth and consumers without touching a
+        message."""
+        try:
+            await self._ensure()
+            assert self._connection is not None
+            channel = await self._connection.channel()
+            try:
+                async with asyncio.timeout(5):
+                    work = await channel.declare_queue(self._queue_name, passive=True)
+                    retry = 0
+                    for delay in self._delays:
+                        wait = await channel.declare_queue(
+                            self.wait_queue_name(delay), passive=True
+                        )
+                        retry += wait.declaration_result.message_count or 0
+                    dead = await channel.declare_queue(self.dead_queue_name, passive=True)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except QueueUnavailable:
+            raise
+        except Exception as exc:
+            raise QueueUnavailable(_describe(exc)) from exc
+        return QueueStats(
+            work=work.declaration_result.message_count or 0,
+            retry=retry,
+            dead=dead.declaration_result.message_count or 0,
+            consumers=work.declaration_result.consumer_count or 0,
+        )
+
+    def admin_queue_names(self, which: str) -> list[str]:
+        """The broker queues behind `work`, `retry` or `dead`."""
+        if which == "work":
+            return [self._queue_name]
+        if which == "retry":
+            return [self.wait_queue_name(delay) for delay in self._delays]
+        return [self.dead_queue_name]
+
+    async def browse(
+        self,
+        which: str,
+        take: Callable[[bytes, dict[str, Any]], Awaitable[bool]],
+        *,
+        limit: int = 10_000,
+    ) -> int:
+        """Read up to `limit` messages of the `work`, `retry` or `dead` queues one by one;
+        those `take` returns True for are removed (acked), the others go back unchanged when
+        the pass ends. Returns how many were read. Nothing is lost if this process dies: an
+        unsettled message returns to its queue when the channel closes."""
+        await self._ensure()
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        seen = 0
+        try:
+            for name in self.admin_queue_names(which):
+                queue = await channel.declare_queue(name, passive=True)
+                kept: list[AbstractIncomingMessage] = []
+                while seen < limit:
+                    message = await queue.get(no_ack=False, fail=False, timeout=_TIMEOUT)
+                    if message is None:
+                        break
+                    seen += 1
+                    if await take(message.body, dict(message.headers or {})):
+                        await message.ack()
+                    else:
+                        kept.append(message)
+                for message in kept:
+                    await message.nack(requeue=True)
+        except QueueUnavailable:
+            raise
+        except Exception as exc:
+            raise QueueUnavailable(_describe(exc)) from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return seen
 
 
 _TTL_MISMATCH = re.compile(

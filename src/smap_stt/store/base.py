@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -189,6 +189,7 @@ class JobStore(ABC):
             "completed_at": now,
             "updated_at": now,
             "error_message": None,
+            "webhook_next_at": now,  # the webhook outbox (issue 11)
             **fields,
         }
         return await self._holding(job, changes) is not None
@@ -211,6 +212,7 @@ class JobStore(ABC):
             "error_message": reason,
             "completed_at": now,
             "updated_at": now,
+            "webhook_next_at": now,  # the webhook outbox (issue 11)
         }
         updated = await self._update(
             job_id, statuses=ACTIVE_STATES, attempts=attempt, changes=changes
@@ -227,6 +229,7 @@ class JobStore(ABC):
             "completed_at": now,
             "updated_at": now,
             "error_message": "cancelled by request",
+            "webhook_next_at": now,  # the webhook outbox (issue 11)
         }
         updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=None, changes=changes)
         if updated is None:  # it became final between the read and the update
@@ -288,3 +291,65 @@ class JobStore(ABC):
         return await self._update(
             job.id, statuses=[JobStatus.PROCESSING], attempts=job.attempts, changes=changes
         )
+
+    # --- operations (issue 11): queue figures, webhooks, retention ----------------------------
+
+    async def _select(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        before: Mapping[str, datetime],
+        is_null: Collection[str] = (),
+        not_null: Collection[str] = (),
+        limit: int,
+        order_by: str = "created_at",
+    ) -> builtins.list[Job]:
+        """Jobs whose status is in `statuses`, whose `before` fields are set and earlier than
+        the given times, whose `is_null` fields are unset and `not_null` ones set; oldest
+        `order_by` first."""
+        raise NotImplementedError
+
+    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
+        raise NotImplementedError
+
+    async def count(self, *, status: JobStatus) -> int:
+        return await self._count(statuses=[status])
+
+    async def list_oldest(self, *, status: JobStatus, limit: int) -> builtins.list[Job]:
+        """The jobs in `status` that were created first (the backlog's head)."""
+        return await self._find(statuses=[status], limit=limit, newest_first=False)
+
+    async def webhooks_due(self, *, limit: int) -> builtins.list[Job]:
+        """Final jobs with a callback whose next webhook attempt is due."""
+        return await self._select(
+            statuses=FINAL_STATES,
+            before={"webhook_next_at": utcnow()},
+            not_null=["callback_url"],
+            limit=limit,
+            order_by="webhook_next_at",
+        )
+
+    async def finished_before(
+        self, *, status: JobStatus, before: datetime, limit: int
+    ) -> builtins.list[Job]:
+        """Final jobs in `status` that finished before `before` (retention)."""
+        return await self._select(
+            statuses=[status], before={"completed_at": before}, limit=limit, order_by="completed_at"
+        )
+
+    async def audio_kept(self, *, limit: int) -> builtins.list[Job]:
+        """Final jobs whose audio is still stored (KEEP_AUDIO=false deletes it)."""
+        return await self._select(
+            statuses=FINAL_STATES,
+            before={"completed_at": utcnow()},
+            is_null=["audio_deleted_at"],
+            limit=limit,
+            order_by="completed_at",
+        )
+
+    async def update_final(self, job_id: str, changes: dict[str, Any]) -> Job | None:
+        """Change bookkeeping fields of a final job (webhook state, audio deleted); never its
+        status. None if the job is gone or not final."""
+        if "status" in changes:
+            raise ValueError("a final job's status never changes")
+        return await self._update(job_id, statuses=FINAL_STATES, attempts=None, changes=changes)

@@ -8,7 +8,7 @@ this module as `BackendUnavailable("mongodb", ...)`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -119,6 +119,9 @@ class MongoJobStore(JobStore):
                 partialFilterExpression={"idempotency_key": {"$type": "string"}},
             )
             await self._jobs.create_index([("content_sha256", ASCENDING)])
+            await self._jobs.create_index(
+                [("callback_url", ASCENDING), ("webhook_next_at", ASCENDING)]
+            )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -281,3 +284,41 @@ class MongoJobStore(JobStore):
             except DuplicateKeyError:
                 return False
         return True
+
+    # --- operations (issue 11) ---------------------------------------------------------------
+
+    async def _select(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        before: Mapping[str, datetime],
+        is_null: Collection[str] = (),
+        not_null: Collection[str] = (),
+        limit: int,
+        order_by: str = "created_at",
+    ) -> list[Job]:
+        names = {*before, *is_null, *not_null, order_by}
+        if names - _FIELDS:
+            raise ValueError(f"unknown job fields {sorted(names - _FIELDS)}")
+        if limit <= 0:
+            return []
+        query: Document = {}
+        if statuses is not None:
+            query["status"] = {"$in": [_bson(status) for status in statuses]}
+        for name, moment in before.items():
+            query[name] = {"$ne": None, "$lt": moment}
+        for name in is_null:
+            query[name] = None  # matches a missing field too (documents older than it)
+        for name in not_null:
+            query[name] = {"$ne": None}
+        cursor = (
+            self._jobs.find(query).sort([(order_by, ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        )
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [_to_job(document) for document in documents]
+
+    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
+        query = {"status": {"$in": [_bson(status) for status in statuses]}}
+        with _unavailable_on_driver_error():
+            return int(await self._jobs.count_documents(query))

@@ -15,7 +15,7 @@ import json
 import sqlite3
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, Field, fields
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ _SQL_TYPES: dict[object, str] = {
     int: "INTEGER",
     bool: "INTEGER",
     float: "REAL",
+    "json": "TEXT",
 }
 _HINTS = {
     name: next(arg for arg in typing.get_args(hint) if arg is not type(None))
@@ -46,6 +47,11 @@ _HINTS = {
     else hint  # `X | None` is stored as X
     for name, hint in typing.get_type_hints(Job).items()
 }
+# Lists and dicts (`list[dict[str, Any]]`, ...) are stored as JSON text.
+_JSON_COLUMNS = frozenset(
+    name for name, hint in _HINTS.items() if typing.get_origin(hint) in (list, dict)
+)
+_HINTS.update({name: "json" for name in _JSON_COLUMNS})
 _COLUMNS = frozenset(_HINTS)
 _BOOL_COLUMNS = frozenset(name for name, hint in _HINTS.items() if hint is bool)
 
@@ -60,6 +66,8 @@ def _to_sql(value: object) -> object:
         return value.value
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
     return value
 
 
@@ -67,6 +75,9 @@ def _to_job(row: sqlite3.Row) -> Job:
     data = dict(zip(row.keys(), row, strict=True))
     for name in _BOOL_COLUMNS:
         data[name] = bool(data[name])
+    for name in _JSON_COLUMNS:
+        if isinstance(data.get(name), str):
+            data[name] = json.loads(data[name])
     return Job.from_dict(data)
 
 
@@ -323,13 +334,61 @@ class SqliteJobStore(JobStore):
 
         return await self._run(lease)
 
+    # --- operations (issue 11) ---------------------------------------------------------------
+
+    async def _select(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        before: Mapping[str, datetime],
+        is_null: Collection[str] = (),
+        not_null: Collection[str] = (),
+        limit: int,
+        order_by: str = "created_at",
+    ) -> list[Job]:
+        _check_columns([*before, *is_null, *not_null, order_by])
+        if limit <= 0:
+            return []
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += [_to_sql(status) for status in statuses]
+        for name, moment in before.items():
+            where.append(f"{name} IS NOT NULL AND {name} < ?")
+            params.append(_to_sql(moment))
+        where += [f"{name} IS NULL" for name in is_null]
+        where += [f"{name} IS NOT NULL" for name in not_null]
+        sql = (
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
+            f"ORDER BY {order_by} ASC, id ASC LIMIT ?"
+        )
+        params.append(limit)
+
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            return [_to_job(row) for row in conn.execute(sql, params).fetchall()]
+
+        return await self._run(select)
+
+    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
+        sql = f"SELECT COUNT(*) FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
+        params = [_to_sql(status) for status in statuses]
+
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, params).fetchone()[0])
+
+        return await self._run(count)
+
 
 def _column_sql(field: Field[Any]) -> str:
     """`name TYPE [DEFAULT value]`: the default fills rows written before the column existed."""
     sql = f"{field.name} {_SQL_TYPES[_HINTS[field.name]]}"
     if field.name == "id":
         return sql + " NOT NULL PRIMARY KEY"
-    default = None if field.default is MISSING else _to_sql(field.default)
+    if field.default is MISSING and field.default_factory is not MISSING:
+        default = _to_sql(field.default_factory())
+    else:
+        default = None if field.default is MISSING else _to_sql(field.default)
     if isinstance(default, str):
         return sql + " DEFAULT '" + default.replace("'", "''") + "'"
     if default is not None:
@@ -359,6 +418,11 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS jobs_content ON jobs (content_sha256) "
         "WHERE content_sha256 IS NOT NULL"
     )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS jobs_webhook_next ON jobs (webhook_next_at) "
+        "WHERE callback_url IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (status, completed_at)")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS chunks (job_id TEXT NOT NULL, idx INTEGER NOT NULL, "
         "data TEXT NOT NULL, PRIMARY KEY (job_id, idx)) WITHOUT ROWID"

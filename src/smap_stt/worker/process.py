@@ -26,6 +26,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
+from smap_stt import metrics
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -40,6 +41,7 @@ from smap_stt.errors import (
 from smap_stt.jobs import Job, JobStatus, give_up_reason
 from smap_stt.logs import current_job
 from smap_stt.queue.base import Delivery, decode_message
+from smap_stt.retention import process_dir
 from smap_stt.store.base import JobStore
 from smap_stt.stt import registry
 from smap_stt.stt.engine import Engine
@@ -125,6 +127,7 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
             await settle(ctx, delivery, Outcome.dead_letter(gave_up, job=job))
             return
         delay = settings.retry_delay(job.attempts)
+        metrics.RETRIES.labels(reason=metrics.failure_reason(outcome.reason)).inc()
         note = f"attempt {job.attempts} failed: {outcome.reason}; retrying in {delay} s"
         log.warning("%s", note)
         # If the store is down, the retried message carries the attempt and takes the job over.
@@ -147,8 +150,10 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
             else:
                 if changed:
                     log.error("failed: %s", outcome.reason)
+                    metrics.observe_failed(job.model if job else "unknown", outcome.reason)
         else:
             log.warning("dead-lettered the message: %s", outcome.reason)
+        metrics.DEAD_LETTERS.labels(reason=metrics.failure_reason(outcome.reason)).inc()
         await delivery.dead_letter(outcome.reason)
     else:
         await asyncio.sleep(outcome.pause)
@@ -283,6 +288,7 @@ async def handle_dead_event(ctx: WorkerContext, delivery: Delivery) -> None:
         try:
             if await ctx.backends.store.fail(job_id, text):
                 log.error("failed: %s", text)
+                metrics.observe_failed("unknown", text)
             outcome = Outcome.done()
         except JobNotFound:
             outcome = Outcome.done()
@@ -385,10 +391,11 @@ async def _why_not_holding(store: JobStore, job_id: str) -> str:
 async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> None:
     store, blobs, settings = ctx.backends.store, ctx.backends.blobs, ctx.settings
     started = time.monotonic()
-    workdir = settings.temp_dir / f"job-{job.id}-{job.attempts}"
+    workdir = process_dir(settings.temp_dir, "work") / f"job-{job.id}-{job.attempts}"
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     control = _Control(ctx, job, asyncio.get_running_loop())
     heartbeat = asyncio.create_task(_heartbeat(ctx, job, control, delivery))
+    metrics.JOBS_IN_FLIGHT.inc()
     try:
         audio = workdir / ("audio" + PurePosixPath(job.audio_key).suffix)
         await blobs.get_file(job.audio_key, audio)
@@ -416,6 +423,7 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
     finally:
         control.stop("the attempt ended")
         heartbeat.cancel()
+        metrics.JOBS_IN_FLIGHT.dec()
         await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
@@ -453,6 +461,7 @@ async def _store_result(
     if not completed:
         raise JobCancelled("the job was cancelled or taken over before it finished")
     await store.delete_chunks(job.id)
+    metrics.observe_finished(job.model, "COMPLETED", transcript.duration, elapsed)
     log.info(
         "completed: %.1f s of audio in %.1f s (%d segments)",
         transcript.duration,

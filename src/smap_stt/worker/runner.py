@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
-from smap_stt import recovery
+from smap_stt import metrics, recovery
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable
@@ -51,7 +52,12 @@ class Worker:
             settings.whisper_model,
             allow_download=settings.whisper_allow_download,
         )
+        loading = time.monotonic()
         await asyncio.to_thread(self.ctx.engine.load, settings.whisper_model)
+        metrics.MODEL_LOAD_SECONDS.labels(model=settings.whisper_model).observe(
+            time.monotonic() - loading
+        )
+        metrics.WORKER_SLOTS.set(settings.max_concurrent_jobs)
         queue = self.backends.queue
         await queue.consume(self._track(handle_delivery), prefetch=settings.max_concurrent_jobs)
         await queue.consume_dead_events(self._track(handle_dead_event))

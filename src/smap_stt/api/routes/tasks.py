@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from smap_stt import service
+from smap_stt import metrics, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import (
     CancelResponse,
@@ -23,6 +23,7 @@ from smap_stt.api.schemas import (
 )
 from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.jobs import JobStatus
+from smap_stt.retention import process_dir
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -76,6 +77,12 @@ UPLOAD_FORM = {
                             "description": "Installed model name (default: WHISPER_MODEL)",
                         },
                         "priority": {"type": "integer", "minimum": 0, "maximum": 10, "default": 5},
+                        "callback_url": {
+                            "type": "string",
+                            "format": "uri",
+                            "description": "http(s) URL to POST the job's final state to "
+                            "(a signed webhook; see docs/OPERATIONS.md)",
+                        },
                     },
                 }
             }
@@ -98,18 +105,19 @@ async def upload(
     backends: BackendsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    received = await receive_upload(
-        request,
-        spool_dir=settings.temp_dir / "uploads",
-        max_bytes=settings.max_upload_bytes,
-        idle_timeout=settings.upload_idle_timeout,
-    )
-    try:
-        submission = await service.submit_once(
-            settings, backends, received, idempotency_key=idempotency_key
+    with metrics.count_refusals():
+        received = await receive_upload(
+            request,
+            spool_dir=process_dir(settings.temp_dir, "uploads"),
+            max_bytes=settings.max_upload_bytes,
+            idle_timeout=settings.upload_idle_timeout,
         )
-    finally:  # stored by now (moved or copied), or refused: the spool file goes either way
-        await asyncio.to_thread(unlink_spool, received.path)
+        try:
+            submission = await service.submit_once(
+                settings, backends, received, idempotency_key=idempotency_key
+            )
+        finally:  # stored by now (moved or copied), or refused: the spool file goes either way
+            await asyncio.to_thread(unlink_spool, received.path)
     job = submission.job
     message = "Task created and queued for processing"
     if not submission.created:
@@ -259,6 +267,7 @@ async def download(job_id: JobId, backends: BackendsDep) -> Response:
 )
 async def cancel(job_id: JobId, backends: BackendsDep) -> CancelResponse:
     job = await service.cancel_job(backends, job_id)
+    metrics.JOBS_FINISHED.labels(status=job.status.value, model=job.model).inc()
     return CancelResponse(
         job_id=job.id,
         job_status=job.status,

@@ -1,0 +1,123 @@
+"""Webhooks against the real service: signed, retried with one delivery id, recorded in the
+status, delivered after a worker is SIGKILLed, and never in the way of transcription."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Clip
+from tests.ops.conftest import SECRET, Receiver
+from tests.procs import Service, upload, wait_final
+
+HOOKS = {
+    "WEBHOOK_SECRET": SECRET,
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_RETRY_DELAYS": "1,1,1",
+    "OUTBOX_INTERVAL": "0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def serve(module_service: Callable[..., Service]) -> Service:
+    svc = module_service(**HOOKS, WEBHOOK_TIMEOUT_SECONDS=40)
+    svc.start("serve")
+    return svc
+
+
+def test_signed_retried_and_recorded(
+    serve: Service, receiver: Callable[..., Receiver], tiny_clip: Clip
+) -> None:
+    hook = receiver(answers=[500, 500]).start()
+    with serve.client() as client:
+        job_id = upload(client, tiny_clip.path, callback_url=hook.url)
+        assert wait_final(client, job_id)["status"] == "COMPLETED"
+        hits = hook.wait_hits(3)
+        time.sleep(2.5)  # a fourth attempt would come after 1 s
+        assert len(hook.hits) == 3
+        assert all(hit.verified() for hit in hits)
+        assert len({hit.headers["x-smap-delivery"] for hit in hits}) == 1
+        body = hits[-1].json()
+        assert body["event"] == "job.completed" == hits[-1].headers["x-smap-event"]
+        assert (body["job_id"], body["status"]) == (job_id, "COMPLETED")
+        assert body["result_url"].endswith(f"/api/v1/tasks/{job_id}/result")
+        assert body["duration_seconds"] > 0
+        webhook = client.get(f"/api/v1/tasks/{job_id}/status").json()["webhook"]
+    assert webhook["url"] == f"http://127.0.0.1:{hook.port}/hook"  # no token in the status
+    assert [a.get("status_code") for a in webhook["attempts"]] == [500, 500, 200]
+    assert all(a["duration_ms"] >= 0 for a in webhook["attempts"])
+    assert webhook["delivered_at"] is not None
+
+
+def test_forged_signature_does_not_verify(
+    serve: Service, receiver: Callable[..., Receiver], tiny_clip: Clip
+) -> None:
+    """The receiver check above is not vacuous: a changed body fails it."""
+    hook = receiver().start()
+    with serve.client() as client:
+        upload(client, tiny_clip.path, callback_url=hook.url)
+        hit = hook.wait_hits(1)[0]
+    assert hit.verified()
+    hit.body = hit.body.replace(b"COMPLETED", b"FAILED")
+    assert not hit.verified()
+
+
+def test_private_target_refused_without_the_switch(
+    module_service: Callable[..., Service], tiny_clip: Clip
+) -> None:
+    svc = module_service(WEBHOOK_SECRET=SECRET)
+    svc.start("api")
+    with svc.client() as client, tiny_clip.path.open("rb") as audio:
+        for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "ftp://h.example/"):
+            audio.seek(0)
+            answer = client.post(
+                "/api/v1/tasks/upload",
+                files={"file": (tiny_clip.path.name, audio)},
+                data={"callback_url": url},
+            )
+            assert answer.status_code == 422, answer.text
+            assert "callback_url" in answer.json()["detail"]
+        assert client.get("/api/v1/tasks").json()["count"] == 0
+
+
+def test_hanging_receiver_does_not_slow_the_next_job(
+    serve: Service, receiver: Callable[..., Receiver], tiny_clip: Clip
+) -> None:
+    hook = receiver(hang=40).start()
+    with serve.client() as client:
+        first = upload(client, tiny_clip.path, callback_url=hook.url)
+        wait_final(client, first)
+        hook.wait_hits(1)  # the receiver holds this request for 40 s
+        started = time.monotonic()
+        second = upload(client, tiny_clip.path)
+        assert wait_final(client, second, timeout=35)["status"] == "COMPLETED"
+        elapsed = time.monotonic() - started
+        status = client.get(f"/api/v1/tasks/{first}/status").json()
+    assert status["webhook"]["attempts"] == []  # still waiting for the hanging receiver
+    assert elapsed < 35
+
+
+def test_delivered_after_the_worker_is_killed(
+    module_service: Callable[..., Service], receiver: Callable[..., Receiver], tiny_clip: Clip
+) -> None:
+    svc = module_service(**HOOKS)
+    svc.start("api")
+    worker = svc.start("worker")
+    hook = receiver()  # not listening yet: the first attempts fail
+    with svc.client() as client:
+        job_id = upload(client, tiny_clip.path, callback_url=hook.url)
+        assert wait_final(client, job_id)["status"] == "COMPLETED"
+        worker.kill()  # SIGKILL, right after the job completed
+        hook.start()
+        hit = hook.wait_hits(1, timeout=60)[0]
+        assert hit.json()["job_id"] == job_id and hit.verified()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            webhook = client.get(f"/api/v1/tasks/{job_id}/status").json()["webhook"]
+            if webhook["delivered_at"]:
+                break
+            time.sleep(0.2)
+    assert webhook["delivered_at"] is not None
+    assert webhook["attempts"][-1]["status_code"] == 200
