@@ -309,12 +309,6 @@ class JobStore(ABC):
         `order_by` first."""
         raise NotImplementedError
 
-    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
-        raise NotImplementedError
-
-    async def count(self, *, status: JobStatus) -> int:
-        return await self._count(statuses=[status])
-
     async def list_oldest(self, *, status: JobStatus, limit: int) -> builtins.list[Job]:
         """The jobs in `status` that were created first (the backlog's head)."""
         return await self._find(statuses=[status], limit=limit, newest_first=False)

@@ -317,8 +317,3 @@ class MongoJobStore(JobStore):
         with _unavailable_on_driver_error():
             documents = await cursor.to_list()
         return [_to_job(document) for document in documents]
-
-    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
-        query = {"status": {"$in": [_bson(status) for status in statuses]}}
-        with _unavailable_on_driver_error():
-            return int(await self._jobs.count_documents(query))

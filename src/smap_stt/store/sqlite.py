@@ -370,15 +370,6 @@ class SqliteJobStore(JobStore):
 
         return await self._run(select)
 
-    async def _count(self, *, statuses: Collection[JobStatus]) -> int:
-        sql = f"SELECT COUNT(*) FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
-        params = [_to_sql(status) for status in statuses]
-
-        def count(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(sql, params).fetchone()[0])
-
-        return await self._run(count)
-
 
 def _column_sql(field: Field[Any]) -> str:
     """`name TYPE [DEFAULT value]`: the default fills rows written before the column existed."""

@@ -70,12 +70,21 @@ async def _stream(blobs: BlobStore, key: str, offset: int, length: int) -> Async
     responses={
         200: {"content": {"audio/*": {}}, "description": "The whole file"},
         206: {"content": {"audio/*": {}}, "description": "The requested byte range"},
-        **{code: {"model": ErrorResponse} for code in (404, 416, 503)},
+        **{code: {"model": ErrorResponse} for code in (404, 410, 416, 503)},
     },
     summary="The job's audio as uploaded (HTTP Range support for seeking)",
 )
 async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Response:
     job = await backends.store.get(job_id)
+    if job.audio_deleted_at is not None:  # KEEP_AUDIO=false (issue 11)
+        return JSONResponse(
+            {
+                "status": "error",
+                "detail": f"the audio of job {job.id} is gone: it was deleted once the job "
+                "was final (KEEP_AUDIO=false); the transcript is kept",
+            },
+            status_code=410,
+        )
     size = await backends.blobs.size(job.audio_key)
     headers = {
         "Accept-Ranges": "bytes",
