@@ -77,12 +77,17 @@ def probe(path: Path, *, min_seconds: float = 0.1) -> AudioInfo:
                 channels=stream.channels or 0,
             )
             decoded, bad = _decoded_seconds(container, stream, limit=min_seconds)
+            if decoded == 0 and bad:
+                raise AudioError("The file is not decodable audio: its packets are corrupt.")
+            if decoded < min_seconds:
+                raise AudioTooShort(_too_short(decoded, min_seconds))
             claimed = _claimed_duration(container, stream)
-        if decoded == 0 and bad:
-            raise AudioError("The file is not decodable audio: its packets are corrupt.")
-        if decoded < min_seconds:
-            raise AudioTooShort(_too_short(decoded, min_seconds))
-        if claimed is None or not _reaches(path, claimed):
+            # The same open file is sought to the claimed end: one open per probe, which is
+            # a good part of an upload's cost (issue 14). Only a header without a duration,
+            # or one that lies, costs a second open to count the packets.
+            if claimed is not None and not _reaches(container, stream, claimed):
+                claimed = None
+        if claimed is None:
             claimed = _counted_duration(path)
         info.duration = max(claimed, decoded)
         return info
@@ -188,18 +193,19 @@ def _claimed_duration(
     return None
 
 
-def _reaches(path: Path, claimed: float) -> bool:
-    """Whether there is audio near the `claimed` end: seek there and look at the next packet."""
+def _reaches(
+    container: av.container.InputContainer, stream: av.AudioStream, claimed: float
+) -> bool:
+    """Whether there is audio near the `claimed` end: seek the open `container` there and look
+    at the next packet of `stream` (which leaves the container at its end)."""
     target = max(0.0, claimed - 1.0)
     if target < _SEEK_SLACK:
         return True  # short files: _counted_duration would cost as much as this check
     try:
-        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-            stream = container.streams.audio[0]
-            container.seek(int(target * av.time_base), any_frame=False)
-            for packet in container.demux(stream):
-                if packet.pts is not None and packet.time_base is not None:
-                    return float(packet.pts * packet.time_base) >= target - _SEEK_SLACK
+        container.seek(int(target * av.time_base), any_frame=False)
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.time_base is not None:
+                return float(packet.pts * packet.time_base) >= target - _SEEK_SLACK
     except (av.error.FFmpegError, OSError, ValueError):
         return False
     return False
