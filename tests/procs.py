@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 SMAP_STT = [sys.executable, "-m", "smap_stt.cli"]
@@ -207,3 +208,18 @@ def completions(*procs: Proc) -> Counter[str]:
     for proc in procs:
         seen.update(re.findall(r"\[job ([0-9a-f-]{36})\] completed:", proc.log()))
     return seen
+
+
+def cpu_after(
+    process: psutil.Process, *, idle: float = 0.05, timeout: float = 180
+) -> tuple[float, float]:
+    """Wait until `process` is idle (under `idle` cores over half a second); the wall seconds
+    that took and the CPU seconds it used meanwhile. CPU seconds are what a loaded machine
+    cannot blur: the work left behind has to run sooner or later."""
+    started, used = time.monotonic(), sum(process.cpu_times()[:2])
+    while True:
+        before = sum(process.cpu_times()[:2])
+        time.sleep(0.5)
+        if sum(process.cpu_times()[:2]) - before < idle * 0.5:
+            return time.monotonic() - started - 0.5, sum(process.cpu_times()[:2]) - used
+        assert time.monotonic() - started < timeout, "the decoding threads never stopped"

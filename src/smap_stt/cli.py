@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would go")
     cleanup.set_defaults(run=_cleanup)
+    from smap_stt import client  # HTTP only: imports nothing of the server
+
+    client.add_commands(commands)
     return parser
 
 
@@ -388,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     from smap_stt.errors import ConfigurationError, SttError
 
     args = build_parser().parse_args(argv)
+    if hasattr(args, "client"):  # submit, wait, result: a client of a running server
+        from smap_stt import client
+
+        sys.exit(client.run(args))
     _limit_malloc_arenas()
     settings = _settings_or_exit()
     try:

@@ -201,6 +201,13 @@ class Settings(BaseSettings):
     whisper_allow_download: bool = Field(
         False, description="Let faster-whisper fetch unknown model names from the hub."
     )
+    # --- outputs (issue 9)
+    whisper_model_aliases: str = Field(
+        "",
+        description="Model names clients may ask for, mapped to installed models, e.g. "
+        "`medium=base,large=base` (clients that hard-code a model keep working; the job "
+        "records the model used and the name asked for). Empty: no aliases.",
+    )
 
     # Operations (issue 11): metrics, webhooks, retention
     worker_metrics_port: int = Field(
@@ -277,6 +284,12 @@ class Settings(BaseSettings):
     def _one_delay(cls, value: object) -> object:
         return [value] if isinstance(value, int) else value
 
+    @field_validator("whisper_model_aliases")
+    @classmethod
+    def _check_aliases(cls, value: str) -> str:
+        _parse_aliases(value)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -289,6 +302,11 @@ class Settings(BaseSettings):
         vhost = quote(self.rabbitmq_vhost, safe="")
         user, password = quote(self.rabbitmq_user), quote(self.rabbitmq_password)
         return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @property
+    def model_aliases(self) -> dict[str, str]:
+        """WHISPER_MODEL_ALIASES as a mapping: requested name → model to use."""
+        return _parse_aliases(self.whisper_model_aliases)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -318,3 +336,20 @@ class Settings(BaseSettings):
         if not self.retry_delays:
             return 0
         return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
+
+
+def _parse_aliases(value: str) -> dict[str, str]:
+    """`medium=base, large=base` → {"medium": "base", "large": "base"}; ValueError naming the
+    entry that is not `name=model`."""
+    aliases: dict[str, str] = {}
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        name, sep, target = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not target:
+            raise ValueError(
+                f"WHISPER_MODEL_ALIASES entry {entry.strip()!r} is not name=model "
+                "(e.g. medium=base,large=base)"
+            )
+        aliases[name] = target
+    return aliases

@@ -99,6 +99,20 @@ class Job:
     """The new job a FAILED one was requeued as (it stays FAILED: final states never change)."""
     audio_deleted_at: datetime | None = None
     """When the audio was deleted because the job was final and KEEP_AUDIO is false."""
+    # --- outputs (issue 9): the upload's decoding options, the detected language's
+    # probability, the model name the client asked for (when WHISPER_MODEL_ALIASES mapped it),
+    # and progress by chunks as the original's clients read it.
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    beam_size: int | None = None
+    vad_filter: bool = True
+    temperature: float = 0.0
+    language_probability: float | None = None
+    requested_model: str | None = None
+    chunks_total: int = 0
+    chunks_completed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

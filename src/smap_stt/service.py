@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smap_stt import metrics, webhooks
+from smap_stt import formats, metrics, webhooks
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -56,6 +56,77 @@ class JobRequest:
     language: str
     model: str
     priority: int
+    # --- outputs (issue 9): decoding options, and the model name asked for if an alias mapped it
+    requested_model: str | None = None
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    beam_size: int | None = None
+    vad_filter: bool = True
+    temperature: float = 0.0
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+MAX_PROMPT_CHARS = 1000
+
+
+def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
+    raw = fields.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise InvalidRequest(f"{name} must be true or false, not {fields[name]!r}")
+
+
+def _text(fields: dict[str, str], name: str) -> str | None:
+    value = fields.get(name, "").strip()
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"{name} is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are allowed"
+        )
+    return value or None
+
+
+def parse_options(fields: dict[str, str]) -> dict[str, Any]:
+    """The decoding options of an upload form; InvalidRequest (422) saying what is allowed."""
+    task = (fields.get("task") or "transcribe").strip().lower()
+    if task not in ("transcribe", "translate"):
+        raise InvalidRequest(
+            f"task must be 'transcribe' or 'translate' (into English), not {fields['task']!r}"
+        )
+    raw_beam = fields.get("beam_size", "").strip()
+    beam_size = None
+    if raw_beam:
+        beam_size = int(raw_beam) if re.fullmatch(r"[0-9]{1,2}", raw_beam) else -1
+        if not 1 <= beam_size <= 10:
+            raise InvalidRequest(
+                f"beam_size must be a whole number from 1 to 10, not {fields['beam_size']!r}"
+            )
+    raw_temperature = fields.get("temperature", "").strip()
+    temperature = 0.0
+    if raw_temperature:
+        # Plain decimals only: float() would also take "nan", "inf" and "1e-3".
+        if not re.fullmatch(r"[0-9](\.[0-9]{1,6})?|\.[0-9]{1,6}", raw_temperature):
+            temperature = -1.0
+        else:
+            temperature = float(raw_temperature)
+        if not 0.0 <= temperature <= 1.0:
+            raise InvalidRequest(
+                f"temperature must be a number from 0 to 1 (0: beam search, above 0: "
+                f"sampling), not {fields['temperature']!r}"
+            )
+    return {
+        "task": task,
+        "word_timestamps": _flag(fields, "word_timestamps", False),
+        "initial_prompt": _text(fields, "initial_prompt"),
+        "hotwords": _text(fields, "hotwords"),
+        "beam_size": beam_size,
+        "vad_filter": _flag(fields, "vad_filter", True),
+        "temperature": temperature,
+    }
 
 
 async def parse_request(
@@ -64,6 +135,10 @@ async def parse_request(
     language = fields.get("language") or settings.default_language
     code = normalize_language(language)
     model = fields.get("model") or settings.whisper_model
+    requested_model = None
+    aliased = settings.model_aliases.get(model)
+    if aliased is not None and aliased != model:
+        requested_model, model = model, aliased
     models = await asyncio.to_thread(available_models, settings.whisper_models_dir)
     if model not in models and not settings.whisper_allow_download:
         models = await registry.all_models(backends.blobs, settings.whisper_models_dir)
@@ -74,7 +149,13 @@ async def parse_request(
     priority = int(raw_priority) if re.fullmatch(r"[0-9]{1,2}", raw_priority) else -1
     if not 0 <= priority <= 10:
         raise InvalidRequest(f"priority must be a whole number from 0 to 10, not {raw_priority!r}")
-    return JobRequest(language=code or "auto", model=model, priority=priority)
+    return JobRequest(
+        language=code or "auto",
+        model=model,
+        priority=priority,
+        requested_model=requested_model,
+        **parse_options(fields),
+    )
 
 
 async def submit(
@@ -107,6 +188,14 @@ async def submit(
         language=request.language,
         model=request.model,
         priority=request.priority,
+        requested_model=request.requested_model,
+        task=request.task,
+        word_timestamps=request.word_timestamps,
+        initial_prompt=request.initial_prompt,
+        hotwords=request.hotwords,
+        beam_size=request.beam_size,
+        vad_filter=request.vad_filter,
+        temperature=request.temperature,
         size_bytes=upload.size,
         audio_key=f"uploads/{job_id}{upload.suffix}",
         published=True,
@@ -205,6 +294,34 @@ async def result_bytes(backends: Backends, job_id: str) -> tuple[Job, bytes]:
     return job, await backends.blobs.get_bytes(job.result_key)
 
 
+async def render_result(
+    backends: Backends,
+    job_id: str,
+    fmt: str,
+    *,
+    max_line_width: int | None = None,
+    max_line_count: int | None = None,
+    highlight_words: bool = False,
+) -> tuple[Job, formats.Rendered]:
+    """A COMPLETED job's transcript rendered as `fmt` (JobConflict naming the state otherwise)."""
+    job = await backends.store.get(job_id)
+    if job.status is not JobStatus.COMPLETED or job.result_key is None:
+        raise JobConflict(
+            f"job {job_id} is {job.status.value}; the {fmt} transcript exists once it is COMPLETED"
+        )
+    document = await load_result(backends, job)
+    assert document is not None
+    rendered = await asyncio.to_thread(
+        formats.render,
+        document,
+        fmt,
+        max_line_width=max_line_width,
+        max_line_count=max_line_count,
+        highlight_words=highlight_words,
+    )
+    return job, rendered
+
+
 async def delete_job(backends: Backends, job_id: str) -> Job:
     job = await backends.store.delete(job_id)
     for key in (job.audio_key, job.result_key):
@@ -229,7 +346,10 @@ async def health(backends: Backends) -> dict[str, str]:
     database, queue, storage = await asyncio.gather(
         check(backends.store.ping), check(backends.queue.ping), check(backends.blobs.ping)
     )
-    return {"database": database, "rabbitmq": queue, "storage": storage}
+    services = {"database": database, "rabbitmq": queue, "storage": storage}
+    if backends.store.name == "mongodb":  # the original's health named it so; its clients read it
+        services["mongodb"] = database
+    return services
 
 
 def backend_names(backends: Backends) -> dict[str, str]:
@@ -346,8 +466,7 @@ async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job
     job.started_at = job.completed_at = now
     if job.callback_url:  # final at once: its webhook is due now (issue 11)
         job.webhook_next_at = now
-    if hasattr(twin, "language_probability"):
-        job.language_probability = twin.language_probability  # type: ignore[attr-defined]
+    job.language_probability = twin.language_probability
     data = await asyncio.to_thread(lambda: json.dumps(document, ensure_ascii=False).encode())
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
     try:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from smap_stt.stt.audio import SAMPLE_RATE
-from smap_stt.stt.windows import Window, _check, _Outcome, _segments, _Word
+from smap_stt.stt.results import Segment
+from smap_stt.stt.windows import Window, _check, _Outcome, _segments, _Word, fixed_windows
 
 S = SAMPLE_RATE
 
@@ -43,6 +44,10 @@ def _outcome(
     return _Outcome(text=text, words=words, avg_logprob=logprob, no_speech_prob=no_speech)
 
 
+def _spans(segments: list[Segment]) -> list[tuple[float, float, str]]:
+    return [(s.start, s.end, s.text) for s in segments]
+
+
 def _words(*spec: tuple[str, float, float]) -> list[_Word]:
     return [_Word(text=text, start=start, end=end) for text, start, end in spec]
 
@@ -57,11 +62,14 @@ def test_segments_end_at_sentences_and_pauses() -> None:
         (" you", 2.6, 2.9),
         (" today", 2.9, 3.3),
     )
-    assert _segments(window, words) == [
+    segments = _segments(window, _outcome("Hello there. How are you today", words))
+    assert _spans(segments) == [
         (0.0, 0.9, "Hello there."),
         (1.0, 1.4, "How are"),
         (2.6, 3.3, "you today"),
     ]
+    assert [w.word for w in segments[0].words] == [" Hello", " there."]
+    assert segments[0].avg_logprob == -0.2 and segments[0].no_speech_prob == 0.01
 
 
 def test_check_keeps_good_text() -> None:
@@ -69,7 +77,7 @@ def test_check_keeps_good_text() -> None:
     segments, redo = _check(
         window, _outcome("Hi all.", _words((" Hi", 0.2, 0.5), (" all.", 0.5, 2.8)))
     )
-    assert segments == [(0.2, 2.8, "Hi all.")] and redo == []
+    assert _spans(segments) == [(0.2, 2.8, "Hi all.")] and redo == []
 
 
 def test_check_drops_what_the_model_calls_no_speech() -> None:
@@ -92,5 +100,13 @@ def test_check_decodes_a_missed_tail_again() -> None:
     window = _window((0.0, 20.0))
     outcome = _outcome("Early stop.", _words((" Early", 0.5, 1.0), (" stop.", 1.0, 9.0)))
     segments, redo = _check(window, outcome)
-    assert segments == [(0.5, 9.0, "Early stop.")]
+    assert _spans(segments) == [(0.5, 9.0, "Early stop.")]
     assert len(redo) == 1 and redo[0].regions == [(9 * S, 20 * S)] and redo[0].retries == 1
+
+
+def test_fixed_windows_cover_the_audio_back_to_back_without_vad() -> None:
+    audio = np.zeros(65 * S, dtype=np.float32)
+    windows = fixed_windows(audio, seconds=30)
+    assert [w.regions for w in windows] == [[(0, 30 * S)], [(30 * S, 60 * S)], [(60 * S, 65 * S)]]
+    assert sum(len(w.audio) for w in windows) == len(audio)
+    assert fixed_windows(audio[:0]) == []

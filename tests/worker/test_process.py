@@ -21,7 +21,7 @@ from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.recovery import recover_once, requeue_after_restart
 from smap_stt.store.sqlite import SqliteJobStore
 from smap_stt.stt.engine import Engine
-from smap_stt.stt.results import Chunk
+from smap_stt.stt.results import ChunkTranscript
 from smap_stt.worker import process
 from smap_stt.worker.process import WorkerContext, handle_delivery
 
@@ -192,5 +192,5 @@ async def test_slow_checkpoint_is_a_store_problem_not_a_job_timeout(
     _store(ctx).save_chunk_delay = 1
     control = process._Control(ctx, job, asyncio.get_running_loop())
     with pytest.raises(BackendUnavailable, match="checkpoint"):
-        await asyncio.to_thread(control.on_chunk, Chunk(index=0, start=0, end=30))
+        await asyncio.to_thread(control.on_chunk, ChunkTranscript(index=0, start=0, end=30))
     assert await ctx.backends.store.load_chunks(job.id) == []

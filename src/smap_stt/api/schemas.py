@@ -75,6 +75,28 @@ class JobStatusResponse(BaseModel):
     deduplicated_from: str | None = Field(
         None, description="DEDUP=true: the finished job whose transcript this job reuses."
     )
+    # --- outputs (issue 9)
+    language_probability: float | None = Field(
+        None, description="The detected language's probability (language=auto only)"
+    )
+    requested_model: str | None = Field(
+        None,
+        description="The model name the client asked for, when WHISPER_MODEL_ALIASES "
+        "mapped it to `model`",
+    )
+    chunks_total: int = Field(
+        0,
+        description="Chunks the audio is cut into (an estimate "
+        "until the job ends), as the original's status had it",
+    )
+    chunks_completed: int = Field(0, description="Chunks transcribed so far")
+    task: str = Field("transcribe", description="transcribe or translate (into English)")
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    beam_size: int | None = Field(None, description="null: the server's WHISPER_BEAM_SIZE")
+    vad_filter: bool = True
+    temperature: float = 0.0
 
     # operations (issue 11)
     webhook: WebhookStatus | None = None
@@ -111,6 +133,17 @@ class JobStatusResponse(BaseModel):
                     "completed_at",
                     "updated_at",
                     "deduplicated_from",
+                    "language_probability",
+                    "requested_model",
+                    "chunks_total",
+                    "chunks_completed",
+                    "task",
+                    "word_timestamps",
+                    "initial_prompt",
+                    "hotwords",
+                    "beam_size",
+                    "vad_filter",
+                    "temperature",
                 )
             },
         )
@@ -131,6 +164,7 @@ class JobResultResponse(BaseModel):
         description="The language detection found, only when the job's language was auto "
         "(otherwise null: `language` is the one used)"
     )
+    language_probability: float | None = None
     transcription: str | None
     segments: list[SegmentOut]
     duration_seconds: float | None

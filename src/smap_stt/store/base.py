@@ -174,11 +174,16 @@ class JobStore(ABC):
         }
         return await self._update(job_id, statuses=allowed, attempts=job.attempts, changes=changes)
 
-    async def heartbeat(self, job: Job, *, progress: float | None = None) -> bool:
-        """Record that the attempt is alive (and its progress). False: stop working on it."""
+    async def heartbeat(
+        self, job: Job, *, progress: float | None = None, chunks: tuple[int, int] | None = None
+    ) -> bool:
+        """Record that the attempt is alive (and its progress; `chunks`: finished, expected).
+        False: stop working on it."""
         changes: dict[str, Any] = {"heartbeat_at": utcnow(), "updated_at": utcnow()}
         if progress is not None:
             changes["progress"] = round(min(max(progress, 0.0), 100.0), 1)
+        if chunks is not None:
+            changes["chunks_completed"], changes["chunks_total"] = chunks
         return await self._holding(job, changes) is not None
 
     async def complete(self, job: Job, **fields: Any) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from smap_stt.stt.audio import SAMPLE_RATE, decode_pieces
 
-__all__ = ["AudioChunk", "find_cut", "iter_chunks"]
+__all__ = ["ChunkAudio", "find_cut", "iter_chunks"]
 
 _FRAME = SAMPLE_RATE // 100  # 10 ms energy frames
 _QUIET_FRAMES = 25  # the quietest 250 ms is where we cut
@@ -24,7 +24,7 @@ _PIECE_SECONDS = 30.0
 
 
 @dataclass
-class AudioChunk:
+class ChunkAudio:
     """The samples of chunk `index`, which starts `start` samples into the file."""
 
     index: int
@@ -49,7 +49,7 @@ def iter_chunks(
     *,
     chunk_seconds: float,
     fixed_ends: Mapping[int, float] | None = None,
-) -> Iterator[AudioChunk]:
+) -> Iterator[ChunkAudio]:
     """The chunks of `path`, in order, each about `chunk_seconds` long and cut at a pause.
 
     `fixed_ends` maps a chunk index to the end (seconds from the file start) an earlier attempt
@@ -73,7 +73,7 @@ def iter_chunks(
                 cut = find_cut(buffer, target=target, slack=slack)
             else:
                 break
-            yield AudioChunk(index=index, start=start, audio=buffer[:cut])
+            yield ChunkAudio(index=index, start=start, audio=buffer[:cut])
             buffer = buffer[cut:]
             start += cut
             index += 1
@@ -82,7 +82,7 @@ def iter_chunks(
         cut = len(buffer)
         if index in fixed and fixed[index] > start:
             cut = min(cut, fixed[index] - start)
-        yield AudioChunk(index=index, start=start, audio=buffer[:cut])
+        yield ChunkAudio(index=index, start=start, audio=buffer[:cut])
         buffer = buffer[cut:]
         start += cut
         index += 1

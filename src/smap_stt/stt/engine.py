@@ -24,14 +24,16 @@ from faster_whisper import WhisperModel
 from smap_stt.config import Settings
 from smap_stt.errors import ModelCorrupt, ModelNotFound
 from smap_stt.stt.audio import probe
-from smap_stt.stt.chunks import AudioChunk, iter_chunks
+from smap_stt.stt.chunks import ChunkAudio, iter_chunks
 from smap_stt.stt.models import resolve_model
-from smap_stt.stt.results import Chunk, Segment, Transcript
+from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
 from smap_stt.stt.windows import (
     Decoded,
     DecodeOptions,
+    Window,
     decode_windows,
     detect_language,
+    fixed_windows,
     speech_windows,
 )
 
@@ -65,12 +67,8 @@ class Engine:
         self._models: dict[str, WhisperModel] = {}
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._options = DecodeOptions(beam_size=settings.whisper_beam_size)
+        self._beam_size = settings.whisper_beam_size
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whisper")
-
-    def close(self) -> None:
-        """Stop the decoding threads once their current batch is done."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def load(self, model: str) -> WhisperModel:
         """The loaded model called `model`, loading it on first use.
@@ -111,17 +109,23 @@ class Engine:
         *,
         model: str,
         language: str | None,
-        done_chunks: Sequence[Chunk] = (),
-        on_chunk: Callable[[Chunk], None] | None = None,
+        options: TranscribeOptions = TranscribeOptions(),  # noqa: B008  (frozen, shared)
+        done_chunks: Sequence[ChunkTranscript] = (),
+        on_chunk: Callable[[ChunkTranscript], None] | None = None,
         on_progress: Callable[[float], None] | None = None,
+        on_chunks: Callable[[int, int], None] | None = None,
     ) -> Transcript:
         """Transcribe the audio file at `path` with `model`.
 
         `language` None detects it (on the first speech, then kept for the whole file).
+        `options` are the job's own (task, prompt, hotwords, beam, temperature, VAD).
         Chunks in `done_chunks` (an earlier attempt's checkpoints) are not transcribed again;
         every other chunk is passed to `on_chunk` once finished, in order. `on_progress` gets
-        the percent of audio done (estimated inside a chunk) at least every second or so;
-        whatever it raises (JobCancelled) stops the work and propagates at once.
+        the percent of audio done (estimated inside a chunk) at least every second or so, and
+        `on_chunks` the chunks finished and expected (the total is an estimate until the end);
+        whatever they raise (JobCancelled) stops the work and propagates at once: windows
+        still queued are dropped from the decoding pool and the threads stop after the model
+        call they are in.
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         whisper = self.load(model)
@@ -131,12 +135,24 @@ class Engine:
             whisper=whisper,
             language=language,
             progress=_Progress(duration, on_progress),
+            options=DecodeOptions(
+                beam_size=options.beam_size or self._beam_size,
+                task=options.task,
+                initial_prompt=options.initial_prompt,
+                hotwords=options.hotwords,
+                temperature=options.temperature,
+            ),
+            vad_filter=options.vad_filter,
         )
         done = {chunk.index: chunk for chunk in done_chunks}
         job.progress.report(_finished_prefix(done_chunks))
+        counter = _ChunkCounter(
+            self._expected_chunks(duration), on_chunks, finished=len(done_chunks)
+        )
         # Chunks in flight, oldest first: while one is decoded the next is already queued,
         # so the decoding threads never wait for us; two chunks bound the memory.
-        flight: deque[_InFlight] = deque()
+        flight: deque[_PendingChunk] = deque()
+        current: _PendingChunk | None = None
         try:
             for audio in iter_chunks(
                 path,
@@ -147,30 +163,47 @@ class Engine:
                 if finished is not None:
                     if job.language is None and finished.segments and finished.language:
                         job.language = finished.language
-                    flight.append(_InFlight(audio=audio, chunk=finished))
+                        job.language_probability = finished.language_probability
+                    flight.append(_PendingChunk(audio=audio, chunk=finished))
                 else:
                     flight.append(self._submit(job, audio))
                 while len(flight) > _AHEAD:
-                    self._finish(job, flight.popleft(), on_chunk)
+                    current = flight.popleft()
+                    self._finish(job, current, on_chunk, counter)
             while flight:
-                self._finish(job, flight.popleft(), on_chunk)
+                current = flight.popleft()
+                self._finish(job, current, on_chunk, counter)
+            current = None
         finally:
-            for waiting in flight:
-                for future in waiting.futures:
+            # Stopped or failed: nothing of this call may keep the decoding threads busy.
+            job.stop.set()
+            for pending in (current, *flight):
+                for future in pending.futures if pending is not None else ():
                     future.cancel()
         segments = [segment for chunk in job.chunks for segment in chunk.segments]
         job.progress.finish()
+        counter.done(len(job.chunks))
         return Transcript(
             text=" ".join(segment.text for segment in segments),
             segments=segments,
             language=job.language or "",
-            language_probability=1.0 if language else job.language_probability,
+            language_probability=None if language else job.language_probability,
             duration=max(duration, job.chunks[-1].end) if job.chunks else duration,
+            chunks=len(job.chunks),
         )
 
-    def _submit(self, job: _Job, audio: AudioChunk) -> _InFlight:
+    def _expected_chunks(self, duration: float) -> int:
+        """How many chunks `iter_chunks` will probably make of `duration` seconds."""
+        return max(1, round(duration / self._settings.whisper_chunk_seconds))
+
+    def _submit(self, job: _Job, audio: ChunkAudio) -> _PendingChunk:
         """Queue the decoding of a chunk's speech, split between the decoding threads."""
-        windows = speech_windows(audio.audio, seconds=self._options.window_seconds)
+        seconds = job.options.window_seconds
+        windows: list[Window] = (
+            speech_windows(audio.audio, seconds=seconds)
+            if job.vad_filter
+            else fixed_windows(audio.audio, seconds=seconds)
+        )
         if windows and job.language is None:
             if job.whisper.model.is_multilingual:
                 future = self._pool.submit(detect_language, job.whisper, windows[0])
@@ -185,42 +218,45 @@ class Engine:
                 job.whisper,
                 windows[first : first + size],
                 language=job.language or "en",
-                options=self._options,
+                options=job.options,
+                stop=job.stop,
             )
             for first in range(0, len(windows), size or 1)
         ]
         job.progress.report(audio.start_seconds)  # a sign of life between heartbeats
-        return _InFlight(audio=audio, futures=futures, started=time.monotonic())
+        return _PendingChunk(audio=audio, futures=futures, started=time.monotonic())
 
     def _finish(
-        self, job: _Job, flight: _InFlight, on_chunk: Callable[[Chunk], None] | None
+        self,
+        job: _Job,
+        pending: _PendingChunk,
+        on_chunk: Callable[[ChunkTranscript], None] | None,
+        counter: _ChunkCounter,
     ) -> None:
-        audio, chunk = flight.audio, flight.chunk
+        audio, chunk = pending.audio, pending.chunk
         if chunk is None:
             segments = [
-                Segment(
-                    start=round(audio.start_seconds + start, 3),
-                    end=round(audio.start_seconds + end, 3),
-                    text=text,
-                )
-                for group in self._wait(job, flight.futures, audio)
+                segment.shifted(audio.start_seconds)
+                for group in self._wait(job, pending.futures, audio)
                 for decoded in group
-                for start, end, text in decoded.segments
+                for segment in decoded.segments
             ]
-            chunk = Chunk(
+            chunk = ChunkTranscript(
                 index=audio.index,
                 start=audio.start_seconds,
                 end=audio.end_seconds,
                 segments=segments,
                 language=job.language,
+                language_probability=job.language_probability,
             )
-            self._learn_speed(job.model, time.monotonic() - flight.started, audio)
+            self._learn_speed(job.model, time.monotonic() - pending.started, audio)
             if on_chunk is not None:
                 on_chunk(chunk)
+            counter.finished_one()
         job.chunks.append(chunk)
         job.progress.report(audio.end_seconds)
 
-    def _wait(self, job: _Job, futures: Sequence[Future[T]], audio: AudioChunk) -> list[T]:
+    def _wait(self, job: _Job, futures: Sequence[Future[T]], audio: ChunkAudio) -> list[T]:
         """The futures' results, in order; meanwhile, progress through `audio` estimated from
         the model's measured speed, reported every `_HEARTBEAT` seconds."""
         started = time.monotonic()
@@ -233,7 +269,7 @@ class Engine:
             share = min(0.95, (time.monotonic() - started) / expected)
             job.progress.report(audio.start_seconds + share * seconds)
 
-    def _learn_speed(self, model: str, elapsed: float, audio: AudioChunk) -> None:
+    def _learn_speed(self, model: str, elapsed: float, audio: ChunkAudio) -> None:
         seconds = audio.end_seconds - audio.start_seconds
         if seconds >= 5:
             previous = self._rtf.get(model)
@@ -242,12 +278,13 @@ class Engine:
 
 
 @dataclass
-class _InFlight:
-    """A chunk being decoded (`futures`, one per group of windows) or already done (`chunk`)."""
+class _PendingChunk:
+    """A chunk queued for decoding (`futures`, one per group of windows) or already
+    transcribed by an earlier attempt (`chunk`)."""
 
-    audio: AudioChunk
+    audio: ChunkAudio
     futures: list[Future[list[Decoded]]] = field(default_factory=list)
-    chunk: Chunk | None = None
+    chunk: ChunkTranscript | None = None
     started: float = 0.0
 
 
@@ -255,17 +292,52 @@ class _Job:
     """What one transcribe call works with and accumulates."""
 
     def __init__(
-        self, *, model: str, whisper: WhisperModel, language: str | None, progress: _Progress
+        self,
+        *,
+        model: str,
+        whisper: WhisperModel,
+        language: str | None,
+        progress: _Progress,
+        options: DecodeOptions,
+        vad_filter: bool,
     ) -> None:
         self.model = model
         self.whisper = whisper
         self.language = language
         self.language_probability: float | None = None
         self.progress = progress
-        self.chunks: list[Chunk] = []
+        self.options = options
+        self.vad_filter = vad_filter
+        self.chunks: list[ChunkTranscript] = []
+        # Set when the call ends for any reason: its windows still decoding raise Stopped.
+        self.stop = threading.Event()
 
 
-def _finished_prefix(done_chunks: Sequence[Chunk]) -> float:
+class _ChunkCounter:
+    """Chunks finished and expected, for clients that show progress by chunks."""
+
+    def __init__(
+        self, expected: int, report: Callable[[int, int], None] | None, *, finished: int
+    ) -> None:
+        self._expected, self._report, self._finished = expected, report, finished
+        self._call()
+
+    def finished_one(self) -> None:
+        self._finished += 1
+        self._call()
+
+    def done(self, total: int) -> None:
+        self._finished = self._expected = total
+        self._call(final=True)
+
+    def _call(self, *, final: bool = False) -> None:
+        if not final:  # more chunks than expected: never "all done" while one is running
+            self._expected = max(self._expected, self._finished + 1)
+        if self._report is not None:
+            self._report(self._finished, self._expected)
+
+
+def _finished_prefix(done_chunks: Sequence[ChunkTranscript]) -> float:
     """Seconds from the file start covered by consecutive finished chunks 0, 1, 2..."""
     by_index = {chunk.index: chunk for chunk in done_chunks}
     end, index = 0.0, 0

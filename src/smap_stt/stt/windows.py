@@ -23,19 +23,29 @@ Here instead:
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
+
+# faster-whisper's public surface is WhisperModel and BatchedInferencePipeline; both decode
+# whole files their own way. Deciding windows, prompts and checks ourselves needs four of its
+# inner names, imported here and nowhere else (faster-whisper is pinned to the minor version
+# tested, see pyproject.toml): the tokenizer (task, language, prompt tokens), the tokens
+# Whisper suppresses, the input padding and Silero VAD. Decoding, prompting, alignment and
+# language detection go through WhisperModel's own methods.
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from smap_stt.stt.audio import SAMPLE_RATE
+from smap_stt.stt.results import Segment, Word
 
 __all__ = [
     "DecodeOptions",
@@ -43,6 +53,7 @@ __all__ = [
     "Window",
     "decode_windows",
     "detect_language",
+    "fixed_windows",
     "speech_windows",
 ]
 
@@ -70,7 +81,7 @@ _LONG_SEGMENT = 12.0
 _MAX_SEGMENT = 24.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeOptions:
     """How windows are decoded."""
 
@@ -80,6 +91,14 @@ class DecodeOptions:
     """Windows decoded together in one CTranslate2 call."""
     window_seconds: float = 30.0
     """Most speech packed into one window (Whisper's input is 30 s)."""
+    task: str = "transcribe"
+    """`transcribe`, or `translate` (into English), as the tokenizer's task token says."""
+    initial_prompt: str | None = None
+    """Given to every window in the previous-text slot, as faster-whisper gives it to the first."""
+    hotwords: str | None = None
+    """Given in the same slot, before the prompt, as faster-whisper does."""
+    temperature: float = 0.0
+    """0: beam search; above 0: one sample at this temperature (no beam)."""
 
 
 @dataclass
@@ -143,10 +162,10 @@ class Window:
 
 @dataclass
 class Decoded:
-    """What one window said: (start, end, text) segments in seconds from the chunk start."""
+    """What one window said: its segments, timed in seconds from the chunk start."""
 
     window: Window
-    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
 
 
 def speech_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
@@ -177,11 +196,23 @@ def speech_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
     return windows
 
 
+def fixed_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
+    """`audio` cut into back-to-back windows of `seconds`, silence included (no VAD)."""
+    size = max(1, round(seconds * SAMPLE_RATE))
+    return [
+        Window(regions=[(first, min(first + size, len(audio)))], audio=audio[first : first + size])
+        for first in range(0, len(audio), size)
+    ]
+
+
 def detect_language(whisper: WhisperModel, window: Window) -> tuple[str, float]:
     """The language spoken in `window` and the model's probability for it."""
-    encoded = whisper.encode(_features(whisper, [window]))
-    token, probability = whisper.model.detect_language(encoded)[0][0]
-    return str(token[2:-2]), float(probability)
+    language, probability, _ = whisper.detect_language(audio=window.audio)
+    return language, float(probability)
+
+
+class Stopped(Exception):
+    """The transcription this decoding belongs to was stopped (cancelled, timed out)."""
 
 
 def decode_windows(
@@ -190,19 +221,21 @@ def decode_windows(
     *,
     language: str,
     options: DecodeOptions,
+    stop: threading.Event | None = None,
 ) -> list[Decoded]:
     """Decode `windows` and check each result; returns one Decoded per window, in order.
 
     Windows whose check fails are decoded again (their missed tail, or their two halves) in a
-    further round, at most `_MAX_RETRIES` rounds.
+    further round, at most `_MAX_RETRIES` rounds. Once `stop` is set, raises Stopped before
+    the next model call, so a cancelled job's work ends with the call already running.
     """
     tokenizer = Tokenizer(
-        whisper.hf_tokenizer, whisper.model.is_multilingual, task="transcribe", language=language
+        whisper.hf_tokenizer, whisper.model.is_multilingual, task=options.task, language=language
     )
     results = [Decoded(window=window) for window in windows]
     pending = list(enumerate(windows))
     while pending:
-        outcomes = _generate(whisper, [window for _, window in pending], tokenizer, options)
+        outcomes = _generate(whisper, [w for _, w in pending], tokenizer, options, stop)
         again: list[tuple[int, Window]] = []
         for (index, window), outcome in zip(pending, outcomes, strict=True):
             segments, redo = _check(window, outcome)
@@ -210,15 +243,23 @@ def decode_windows(
             again.extend((index, part) for part in redo)
         pending = again
     for decoded in results:
-        decoded.segments.sort(key=lambda segment: segment[0])
+        decoded.segments.sort(key=lambda segment: segment.start)
     return results
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped
 
 
 @dataclass
 class _Word:
+    """A word as aligned, in seconds from the window start."""
+
     text: str
     start: float
     end: float
+    probability: float = 0.0
 
 
 @dataclass
@@ -240,36 +281,67 @@ def _features(whisper: WhisperModel, windows: Sequence[Window]) -> np.ndarray:
     )
 
 
-def _encode(whisper: WhisperModel, windows: Sequence[Window]) -> ctranslate2.StorageView:
+def _encode(
+    whisper: WhisperModel, windows: Sequence[Window], stop: threading.Event | None
+) -> ctranslate2.StorageView:
     """The encoder output of a batch, computed one window at a time: batching the encoder
     gains little on a CPU, and its attention costs ~90 MB per window in the batch."""
     if len(windows) == 1:
         return whisper.encode(_features(whisper, windows))
-    outputs = [np.asarray(whisper.encode(_features(whisper, [window]))) for window in windows]
+    outputs = []
+    for window in windows:
+        _check_stop(stop)
+        outputs.append(np.asarray(whisper.encode(_features(whisper, [window]))))
     return ctranslate2.StorageView.from_array(np.concatenate(outputs))
 
 
+def _prompt(whisper: WhisperModel, tokenizer: Tokenizer, options: DecodeOptions) -> list[int]:
+    """faster-whisper's prompt for a window without timestamps: the hotwords and the initial
+    prompt in the previous-text slot (each cut to the model's limit), then the task tokens."""
+    previous: list[int] = []
+    if options.initial_prompt and options.initial_prompt.strip():
+        previous = tokenizer.encode(" " + options.initial_prompt.strip())
+    hotwords = options.hotwords.strip() if options.hotwords else None
+    return list(
+        whisper.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=hotwords or None)
+    )
+
+
+def _search(options: DecodeOptions) -> dict[str, Any]:
+    """CTranslate2's search arguments: beam search, or sampling as faster-whisper samples."""
+    if options.temperature > 0:
+        return {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": options.temperature}
+    return {"beam_size": options.beam_size}
+
+
 def _generate(
-    whisper: WhisperModel, windows: Sequence[Window], tokenizer: Tokenizer, options: DecodeOptions
+    whisper: WhisperModel,
+    windows: Sequence[Window],
+    tokenizer: Tokenizer,
+    options: DecodeOptions,
+    stop: threading.Event | None = None,
 ) -> list[_Outcome]:
-    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    prompt = _prompt(whisper, tokenizer, options)
     suppress = list(get_suppressed_tokens(tokenizer, (-1,)) or ())
     outcomes: list[_Outcome] = []
     for first in range(0, len(windows), options.batch_size):
         batch = windows[first : first + options.batch_size]
-        encoded = _encode(whisper, batch)
+        _check_stop(stop)
+        encoded = _encode(whisper, batch, stop)
+        _check_stop(stop)
         results = whisper.model.generate(
             encoded,
             [prompt] * len(batch),
-            beam_size=options.beam_size,
             max_length=whisper.max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=suppress,
+            **_search(options),
         )
         tokens = [[t for t in r.sequences_ids[0] if t < tokenizer.eot] for r in results]
         frames = [len(window.audio) // whisper.feature_extractor.hop_length for window in batch]
+        _check_stop(stop)
         alignments = _align(whisper, tokenizer, encoded, tokens, frames)
         for result, ids, words in zip(results, tokens, alignments, strict=True):
             outcomes.append(
@@ -290,39 +362,37 @@ def _align(
     tokens: list[list[int]],
     frames: list[int],
 ) -> list[list[_Word]]:
-    """Word timings (window time) for each item of the batch, from the model's attention."""
+    """Word timings (window time) and probabilities for each item of the batch, from
+    faster-whisper's alignment (cross-attention + DTW, one decoder pass for the batch)."""
     if not any(tokens):
         return [[] for _ in tokens]
     placeholder = tokenizer.encode(" ")[:1]  # align needs text for every item of the batch
-    results = whisper.model.align(
-        encoded, tokenizer.sot_sequence, [ids or placeholder for ids in tokens], frames
-    )
-    aligned: list[list[_Word]] = []
-    for ids, result in zip(tokens, results, strict=True):
-        if not ids:
-            aligned.append([])
-            continue
-        words, word_tokens = tokenizer.split_to_word_tokens([*ids, tokenizer.eot])
-        text_indices = np.array([pair[0] for pair in result.alignments])
-        time_indices = np.array([pair[1] for pair in result.alignments])
-        jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
-        jump_times = time_indices[jumps] / whisper.tokens_per_second
-        boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
-        aligned.append(
-            [
-                _Word(text=word, start=float(jump_times[start]), end=float(jump_times[end]))
-                for word, start, end in zip(
-                    words[:-1], boundaries[:-1], boundaries[1:], strict=True
-                )
-                if start < len(jump_times) and end < len(jump_times)
-            ]
+    try:
+        results = whisper.find_alignment(
+            tokenizer,
+            [ids or placeholder for ids in tokens],
+            encoded,
+            frames,  # CTranslate2 takes one frame count per item of the batch
         )
-    return aligned
+    except (IndexError, ValueError):  # no usable path: each window's text becomes one segment
+        return [[] for _ in tokens]
+    return [
+        [
+            _Word(
+                text=str(word["word"]),
+                start=float(word["start"]),
+                end=float(word["end"]),
+                probability=float(word["probability"]),
+            )
+            for word in aligned
+        ]
+        if ids
+        else []
+        for ids, aligned in zip(tokens, results, strict=True)
+    ]
 
 
-def _check(
-    window: Window, outcome: _Outcome
-) -> tuple[list[tuple[float, float, str]], list[Window]]:
+def _check(window: Window, outcome: _Outcome) -> tuple[list[Segment], list[Window]]:
     """The segments of a result, and what to decode again when it is suspect."""
     if not outcome.text or (
         outcome.no_speech_prob > _NO_SPEECH and outcome.avg_logprob < _LOW_LOGPROB
@@ -334,37 +404,55 @@ def _check(
             return [], window.halves()
         return [], []  # better nothing than a loop
     if not outcome.words:  # alignment failed: the window's text as one segment
-        return [(window.chunk_time(0.0, start=True), window.end, outcome.text)], []
-    segments = _segments(window, outcome.words)
+        start = window.chunk_time(0.0, start=True)
+        return [_segment(outcome, start, window.end, outcome.text, [])], []
+    segments = _segments(window, outcome)
     covered = outcome.words[-1].end
     if retry and window.seconds - covered > _MISSED_TAIL:
         return segments, [window.slice(round(covered * SAMPLE_RATE), len(window.audio))]
     return segments, []
 
 
-def _segments(window: Window, words: list[_Word]) -> list[tuple[float, float, str]]:
+def _segment(outcome: _Outcome, start: float, end: float, text: str, words: list[Word]) -> Segment:
+    return Segment(
+        start=round(start, 3),
+        end=round(end, 3),
+        text=text,
+        avg_logprob=round(outcome.avg_logprob, 4),
+        no_speech_prob=round(outcome.no_speech_prob, 4),
+        words=words,
+    )
+
+
+def _segments(window: Window, outcome: _Outcome) -> list[Segment]:
     """Group aligned words into segments: after a sentence, at a pause, or when long."""
     timed = [
-        (window.chunk_time(word.start, start=True), window.chunk_time(word.end), word.text)
-        for word in words
+        Word(
+            start=round(window.chunk_time(word.start, start=True), 3),
+            end=round(window.chunk_time(word.end), 3),
+            word=word.text,
+            probability=round(word.probability, 4),
+        )
+        for word in outcome.words
     ]
-    segments: list[tuple[float, float, str]] = []
-    group: list[tuple[float, float, str]] = []
-    for i, (start, end, text) in enumerate(timed):
-        group.append((start, max(start, end), text))
-        following = timed[i + 1][0] if i + 1 < len(timed) else None
-        length = end - group[0][0]
-        stripped = text.rstrip()
+    segments: list[Segment] = []
+    group: list[Word] = []
+    for i, word in enumerate(timed):
+        word.end = max(word.start, word.end)
+        group.append(word)
+        following = timed[i + 1].start if i + 1 < len(timed) else None
+        length = word.end - group[0].start
+        stripped = word.word.rstrip()
         if (
             following is None
             or stripped.endswith(_SENTENCE_END)
-            or following - end >= _PAUSE
+            or following - word.end >= _PAUSE
             or (length >= _LONG_SEGMENT and stripped.endswith(_CLAUSE_END))
             or length >= _MAX_SEGMENT
         ):
-            sentence = "".join(word for _, _, word in group).strip()
+            sentence = "".join(w.word for w in group).strip()
             if sentence:
-                segments.append((round(group[0][0], 3), round(group[-1][1], 3), sentence))
+                segments.append(_segment(outcome, group[0].start, group[-1].end, sentence, group))
             group = []
     return segments
 

@@ -45,7 +45,7 @@ from smap_stt.retention import process_dir
 from smap_stt.store.base import JobStore
 from smap_stt.stt import registry
 from smap_stt.stt.engine import Engine
-from smap_stt.stt.results import Chunk, Transcript
+from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,7 @@ class _Control:
     def __init__(self, ctx: WorkerContext, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         self._ctx, self._job, self._loop = ctx, job, loop
         self.progress = job.progress
+        self.chunks = (job.chunks_completed, job.chunks_total)
         self._stop_reason: str | None = None
         self._lock = threading.Lock()
 
@@ -331,7 +332,11 @@ class _Control:
         self.check()
         self.progress = max(self.progress, min(percent, 99.9))
 
-    def on_chunk(self, chunk: Chunk) -> None:
+    def on_chunks(self, finished: int, expected: int) -> None:
+        self.check()
+        self.chunks = (finished, expected)
+
+    def on_chunk(self, chunk: ChunkTranscript) -> None:
         self.check()
         store = self._ctx.backends.store
         future = asyncio.run_coroutine_threadsafe(
@@ -350,21 +355,21 @@ class _Control:
 async def _heartbeat(ctx: WorkerContext, job: Job, control: _Control, delivery: Delivery) -> None:
     store, settings = ctx.backends.store, ctx.settings
     started = time.monotonic()
-    written, last_write = job.progress, 0.0
+    written, last_write = (job.progress, control.chunks), 0.0
     early_acked = False
     while True:
         await asyncio.sleep(HEARTBEAT_TICK)
         now = time.monotonic()
-        if control.progress != written or now - last_write >= HEARTBEAT_EVERY:
+        if (control.progress, control.chunks) != written or now - last_write >= HEARTBEAT_EVERY:
             try:
-                alive = await store.heartbeat(job, progress=control.progress)
+                alive = await store.heartbeat(job, progress=control.progress, chunks=control.chunks)
             except BackendUnavailable as exc:
                 log.warning("heartbeat not recorded: %s", exc)
                 continue
             if not alive:
                 control.stop(await _why_not_holding(store, job.id))
                 return
-            written, last_write = control.progress, now
+            written, last_write = (control.progress, control.chunks), now
         if not early_acked and now - started >= settings.early_ack_after:
             # RabbitMQ takes a message back from a consumer that holds it longer than its
             # consumer timeout; from here on the heartbeats guard the job instead.
@@ -399,7 +404,7 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
     try:
         audio = workdir / ("audio" + PurePosixPath(job.audio_key).suffix)
         await blobs.get_file(job.audio_key, audio)
-        done = [Chunk.from_dict(data) for data in await store.load_chunks(job.id)]
+        done = [ChunkTranscript.from_dict(data) for data in await store.load_chunks(job.id)]
         if done:
             log.info("resuming after %d checkpointed chunk(s)", len(done))
         await registry.ensure_local(
@@ -414,9 +419,11 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
             audio,
             model=job.model,
             language=language,
+            options=_options(job),
             done_chunks=done,
             on_chunk=control.on_chunk,
             on_progress=control.on_progress,
+            on_chunks=control.on_chunks,
         )
         control.check()
         await _store_result(ctx, job, transcript, time.monotonic() - started)
@@ -427,26 +434,56 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
+def _options(job: Job) -> TranscribeOptions:
+    return TranscribeOptions(
+        task=job.task,
+        initial_prompt=job.initial_prompt,
+        hotwords=job.hotwords,
+        beam_size=job.beam_size,
+        temperature=job.temperature,
+        vad_filter=job.vad_filter,
+    )
+
+
+def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
+    """The stored transcript every format is rendered from (smap_stt.formats)."""
+    segments = []
+    for index, segment in enumerate(transcript.segments):
+        item: dict[str, Any] = {
+            "id": index,
+            "start": round(segment.start, 3),
+            "end": round(segment.end, 3),
+            "text": segment.text,
+            "avg_logprob": segment.avg_logprob,
+            "no_speech_prob": segment.no_speech_prob,
+        }
+        if job.word_timestamps:
+            item["words"] = [
+                {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                for w in segment.words
+            ]
+        segments.append(item)
+    return {
+        "job_id": job.id,
+        "filename": job.filename,
+        "model": job.model,
+        "task": job.task,
+        "temperature": job.temperature,
+        "language": transcript.language,
+        "language_probability": transcript.language_probability,
+        "duration_seconds": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": segments,
+    }
+
+
 async def _store_result(
     ctx: WorkerContext, job: Job, transcript: Transcript, elapsed: float
 ) -> None:
     store, blobs = ctx.backends.store, ctx.backends.blobs
     key = result_key(job.id)
-    document = {
-        "job_id": job.id,
-        "filename": job.filename,
-        "model": job.model,
-        "language": transcript.language,
-        "language_probability": transcript.language_probability,
-        "duration_seconds": round(transcript.duration, 3),
-        "text": transcript.text,
-        "segments": [
-            {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-            for s in transcript.segments
-        ],
-    }
     # Off the event loop: hours of audio make megabytes of JSON.
-    data = await asyncio.to_thread(_encode, document)
+    data = await asyncio.to_thread(_encode, transcript_document(job, transcript))
     await blobs.put_bytes(key, data, content_type="application/json")
     completed = await store.complete(
         job,
@@ -455,6 +492,9 @@ async def _store_result(
         # What detection found, only when it ran (issue 15); the job's `language` says what
         # was used otherwise.
         detected_language=transcript.language if job.language == "auto" else None,
+        language_probability=transcript.language_probability,
+        chunks_total=transcript.chunks,
+        chunks_completed=transcript.chunks,
         duration_seconds=round(transcript.duration, 3),
         processing_time_seconds=round(elapsed, 3),
     )

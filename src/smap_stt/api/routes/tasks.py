@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from smap_stt import metrics, service
+from smap_stt import formats, metrics, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import (
     CancelResponse,
@@ -51,6 +52,36 @@ QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (422, 503)
 }
 
+FormatName = Literal["json", "verbose_json", "txt", "srt", "vtt", "tsv"]
+FormatQuery = Annotated[
+    FormatName,
+    Query(
+        description="json: the seed's shape (the default); verbose_json: OpenAI's; txt: one "
+        "segment a line; srt, vtt: subtitles; tsv: start, end (ms) and text, as Whisper writes"
+    ),
+]
+MaxLineWidth = Annotated[
+    int | None,
+    Query(ge=1, le=1000, description="srt/vtt: characters per line before a line break"),
+]
+MaxLineCount = Annotated[
+    int | None,
+    Query(ge=1, le=100, description="srt/vtt: lines per cue (with max_line_width)"),
+]
+HighlightWords = Annotated[
+    bool, Query(description="srt/vtt: underline each word as it is spoken (needs word times)")
+]
+_FORMAT_CONTENT: dict[str, Any] = {
+    media.split(";")[0]: {}
+    for media in (
+        "application/json",
+        "text/plain",
+        "application/x-subrip",
+        "text/vtt",
+        "text/tab-separated-values",
+    )
+}
+
 UPLOAD_FORM = {
     "requestBody": {
         "required": True,
@@ -82,6 +113,48 @@ UPLOAD_FORM = {
                             "format": "uri",
                             "description": "http(s) URL to POST the job's final state to "
                             "(a signed webhook; see docs/OPERATIONS.md)",
+                        },
+                        # --- outputs (issue 9)
+                        "task": {
+                            "type": "string",
+                            "enum": ["transcribe", "translate"],
+                            "default": "transcribe",
+                            "description": "translate: English text from speech in any language",
+                        },
+                        "word_timestamps": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "Keep every word with its time and probability",
+                        },
+                        "initial_prompt": {
+                            "type": "string",
+                            "maxLength": 1000,
+                            "description": "Text the speech follows on from: steers spelling "
+                            "(names, terms) and style",
+                        },
+                        "hotwords": {
+                            "type": "string",
+                            "maxLength": 1000,
+                            "description": "Words the speech is likely to contain",
+                        },
+                        "beam_size": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 10,
+                            "description": "Beam width (default: WHISPER_BEAM_SIZE)",
+                        },
+                        "vad_filter": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "false: decode the whole audio in 30 s windows, "
+                            "without skipping silence",
+                        },
+                        "temperature": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "default": 0,
+                            "description": "0: beam search; above 0: sampling",
                         },
                     },
                 }
@@ -164,11 +237,14 @@ async def health(backends: BackendsDep) -> JSONResponse:
 async def list_jobs(
     backends: BackendsDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size, at most 100")] = 20,
+    limit: Annotated[
+        int, Query(ge=1, description="Page size; over 100 counts as 100 (as the original did)")
+    ] = 20,
     offset: Annotated[
         int, Query(ge=0, le=10_000_000, description="Jobs to skip (paging, newest first)")
     ] = 0,
 ) -> JobListResponse:
+    limit = min(limit, 100)  # clamped, not refused: the original's clients ask for more
     jobs, total = await service.list_jobs(backends, status=status, limit=limit, offset=offset)
     next_offset = offset + len(jobs) if offset + len(jobs) < total and jobs else None
     return JobListResponse(
@@ -204,8 +280,18 @@ async def job_status(
     summary="Transcript of a job (transcription is null until it is COMPLETED)",
 )
 async def job_result(
-    job_id: JobId, request: Request, settings: SettingsDep, backends: BackendsDep
-) -> JobResultResponse:
+    job_id: JobId,
+    request: Request,
+    settings: SettingsDep,
+    backends: BackendsDep,
+    format: FormatQuery = "json",
+    max_line_width: MaxLineWidth = None,
+    max_line_count: MaxLineCount = None,
+    highlight_words: HighlightWords = False,
+) -> Response | JobResultResponse:
+    if format != "json":
+        subtitles = _SubtitleOptions(max_line_width, max_line_count, highlight_words)
+        return await _rendered(backends, job_id, format, subtitles, inline=True)
     job = await service.get_job(backends, job_id)
     segments: list[SegmentOut] = []
     download_url = None
@@ -233,6 +319,7 @@ async def job_result(
         filename=job.filename,
         language=job.language,
         detected_language=job.detected_language,
+        language_probability=job.language_probability,
         transcription=job.transcription if job.status is JobStatus.COMPLETED else None,
         segments=segments,
         duration_seconds=job.duration_seconds,
@@ -246,16 +333,52 @@ async def job_result(
 
 @router.get(
     "/{job_id}/download",
-    responses=ERRORS,
-    summary="The transcript document (JSON)",
+    responses={**ERRORS, 200: {"content": _FORMAT_CONTENT}},
+    summary="The transcript as a file: the stored JSON document, txt, srt, vtt, tsv or "
+    "verbose_json",
     response_class=Response,
 )
-async def download(job_id: JobId, backends: BackendsDep) -> Response:
-    job, data = await service.result_bytes(backends, job_id)
+async def download(
+    job_id: JobId,
+    backends: BackendsDep,
+    format: FormatQuery = "json",
+    max_line_width: MaxLineWidth = None,
+    max_line_count: MaxLineCount = None,
+    highlight_words: HighlightWords = False,
+) -> Response:
+    subtitles = _SubtitleOptions(max_line_width, max_line_count, highlight_words)
+    if format == "json":
+        job, data = await service.result_bytes(backends, job_id)
+        disposition = formats.content_disposition(job.filename, "json")
+        return Response(
+            data, media_type="application/json", headers={"Content-Disposition": disposition}
+        )
+    return await _rendered(backends, job_id, format, subtitles, inline=False)
+
+
+@dataclass(frozen=True)
+class _SubtitleOptions:
+    max_line_width: int | None
+    max_line_count: int | None
+    highlight_words: bool
+
+
+async def _rendered(
+    backends: BackendsDep, job_id: str, fmt: str, subtitles: _SubtitleOptions, *, inline: bool
+) -> Response:
+    job, rendered = await service.render_result(
+        backends,
+        job_id,
+        fmt,
+        max_line_width=subtitles.max_line_width,
+        max_line_count=subtitles.max_line_count,
+        highlight_words=subtitles.highlight_words,
+    )
+    disposition = formats.content_disposition(job.filename, rendered.extension, inline=inline)
     return Response(
-        data,
-        media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'},
+        rendered.body,
+        media_type=rendered.media_type,
+        headers={"Content-Disposition": disposition},
     )
 
 
