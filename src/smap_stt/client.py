@@ -108,7 +108,7 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a client command; its exit status. Never raises for network or server trouble."""
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         with _http(args) as http:
             status: int = args.client(http, args, console)

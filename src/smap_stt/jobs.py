@@ -1,4 +1,8 @@
-"""What a job is and how its state may change. Pure data, no I/O."""
+"""What a job is and how its state may change. Pure data, no I/O.
+
+The allowed state changes are `TRANSITIONS` below; the job store applies each one as a single
+guarded update whose allowed source states come from `sources` (store/base.py), so a change to
+the rules is made here."""
 
 from __future__ import annotations
 
@@ -33,6 +37,31 @@ DATETIME_FIELDS = (
 )
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATES = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # claimed by a worker; failed (e.g. its message died); cancelled by request
+    JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    # taken over (PROCESSING again, a new attempt) or handed back (PENDING), or finished
+    JobStatus.PROCESSING: frozenset(
+        {
+            JobStatus.PROCESSING,
+            JobStatus.PENDING,
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
+    ),
+    # a final state never changes again
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+"""state → the states a job in it may move to."""
+
+
+def sources(target: JobStatus) -> frozenset[JobStatus]:
+    """The states a job may move to `target` from."""
+    return frozenset(state for state, targets in TRANSITIONS.items() if target in targets)
 
 
 def utcnow() -> datetime:

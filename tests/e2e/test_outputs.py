@@ -105,7 +105,7 @@ def test_every_format_reads_back_with_a_real_parser(
     vtt = _get(client, base, "vtt", "text/vtt", f"{stem}.vtt")
     captions = list(webvtt.from_buffer(io.StringIO(vtt)))
     assert [html.unescape(c.text) for c in captions] == texts
-    assert [(_ms(c.start_in_seconds), _ms(c.end_in_seconds)) for c in captions] == spans
+    assert [(_vtt_ms(c.start), _vtt_ms(c.end)) for c in captions] == spans
 
     tsv = _get(client, base, "tsv", "text/tab-separated-values", f"{stem}.tsv")
     rows = list(csv.reader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -217,7 +217,7 @@ def test_chunk_counters_move_during_a_long_job_and_a_cancel_frees_the_cpu(
     assert wait_final(client, job_id)["status"] == "CANCELLED"
     wall, cpu = cpu_after(process)
     print(f"serve after the cancel: {cpu:.2f} CPU seconds, idle after {wall:.2f} s")
-    assert cpu <= 5.0
+    assert cpu <= 6.0  # one batch per decoding thread at most (before: ~40)
 
 
 def _get(client: httpx.Client, base: str, fmt: str, media: str, filename: str) -> str:
@@ -230,3 +230,8 @@ def _get(client: httpx.Client, base: str, fmt: str, media: str, filename: str) -
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def _vtt_ms(stamp: str) -> int:
+    hours, minutes, seconds = stamp.split(":")  # webvtt-py gives HH:MM:SS.mmm
+    return (int(hours) * 3600 + int(minutes) * 60) * 1000 + round(float(seconds) * 1000)

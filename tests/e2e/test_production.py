@@ -62,6 +62,8 @@ def test_end_to_end_on_production_backends(
             "storage": "s3",
         }
         assert set(health.json()["services"].values()) == {"healthy"}
+        # The original's health named the MongoDB service; its clients read that key.
+        assert health.json()["services"]["mongodb"] == "healthy"
 
         job_id = upload(client, short_clip.path, language="en")
         status = wait_final(client, job_id)

@@ -230,4 +230,4 @@ def test_a_cancel_leaves_no_decoding_behind(engine: Engine) -> None:
         engine.transcribe(path, model="base", language="en", on_progress=on_progress)
     wall, cpu = cpu_after(process)
     print(f"after the cancel: {cpu:.2f} CPU seconds, idle after {wall:.2f} s")
-    assert cpu <= 5.0
+    assert cpu <= 6.0  # one batch per decoding thread at most (before: ~40)

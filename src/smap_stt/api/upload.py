@@ -24,7 +24,7 @@ __all__ = ["Upload", "clean_filename", "receive_upload", "unlink_spool"]
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 4096
 MAX_PART_HEADERS = 16
-MAX_PARTS = 16  # the file and a few small fields (language, model, priority)
+MAX_PARTS = 16  # the file and the small fields (language, model, priority, options)
 FORM_OVERHEAD = 64 * 1024  # room for boundaries and the small text fields beside the file
 MAX_BOUNDARY = 256  # python-multipart's limit; RFC 2046 allows 70
 
@@ -99,7 +99,7 @@ class _FormCollector:
         if self.parts > MAX_PARTS:  # each part costs memory (its fields), so they are bounded
             raise InvalidRequest(
                 f"the form has more than {MAX_PARTS} parts; send the file and "
-                "the language, model and priority fields only"
+                "the upload's fields (docs/API.md) only"
             )
         self._headers, self._name, self._is_file = {}, None, False
         self._value = bytearray()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from smap_stt.errors import JobConflict, JobNotFound
-from smap_stt.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobStatus, utcnow
+from smap_stt.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobStatus, sources, utcnow
 
 __all__ = ["JobStore"]
 
@@ -159,7 +159,7 @@ class JobStore(ABC):
         job = await self._get(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        allowed = {JobStatus.PENDING, JobStatus.PROCESSING} if takeover else {JobStatus.PENDING}
+        allowed = sources(JobStatus.PROCESSING) if takeover else {JobStatus.PENDING}
         if job.status not in allowed:
             return None
         now = utcnow()
@@ -220,7 +220,7 @@ class JobStore(ABC):
             "webhook_next_at": now,  # the webhook outbox (issue 11)
         }
         updated = await self._update(
-            job_id, statuses=ACTIVE_STATES, attempts=attempt, changes=changes
+            job_id, statuses=sources(JobStatus.FAILED), attempts=attempt, changes=changes
         )
         return updated is not None
 
@@ -236,7 +236,9 @@ class JobStore(ABC):
             "error_message": "cancelled by request",
             "webhook_next_at": now,  # the webhook outbox (issue 11)
         }
-        updated = await self._update(job_id, statuses=ACTIVE_STATES, attempts=None, changes=changes)
+        updated = await self._update(
+            job_id, statuses=sources(JobStatus.CANCELLED), attempts=None, changes=changes
+        )
         if updated is None:  # it became final between the read and the update
             return await self.cancel(job_id)
         return updated
@@ -293,9 +295,10 @@ class JobStore(ABC):
         )
 
     async def _holding(self, job: Job, changes: dict[str, Any]) -> Job | None:
-        return await self._update(
-            job.id, statuses=[JobStatus.PROCESSING], attempts=job.attempts, changes=changes
-        )
+        """Update the job only while this attempt holds it (PROCESSING, same attempt)."""
+        target = changes.get("status", JobStatus.PROCESSING)
+        allowed = sources(target) & {JobStatus.PROCESSING}
+        return await self._update(job.id, statuses=allowed, attempts=job.attempts, changes=changes)
 
     # --- operations (issue 11): queue figures, webhooks, retention ----------------------------
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 from faster_whisper import WhisperModel
 
 from smap_stt.config import Settings
-from smap_stt.errors import ModelCorrupt, ModelNotFound
+from smap_stt.errors import JobCancelled, ModelCorrupt, ModelNotFound
 from smap_stt.stt.audio import probe
 from smap_stt.stt.chunks import ChunkAudio, iter_chunks
 from smap_stt.stt.models import resolve_model
@@ -30,6 +30,7 @@ from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
 from smap_stt.stt.windows import (
     Decoded,
     DecodeOptions,
+    Stopped,
     Window,
     decode_windows,
     detect_language,
@@ -114,6 +115,7 @@ class Engine:
         on_chunk: Callable[[ChunkTranscript], None] | None = None,
         on_progress: Callable[[float], None] | None = None,
         on_chunks: Callable[[int, int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Transcript:
         """Transcribe the audio file at `path` with `model`.
 
@@ -125,7 +127,9 @@ class Engine:
         `on_chunks` the chunks finished and expected (the total is an estimate until the end);
         whatever they raise (JobCancelled) stops the work and propagates at once: windows
         still queued are dropped from the decoding pool and the threads stop after the model
-        call they are in.
+        call they are in. Setting `stop` (from any thread) does the same without waiting for
+        the next callback; the call then raises JobCancelled. The event is set when the call
+        returns, whatever the outcome.
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         whisper = self.load(model)
@@ -143,6 +147,7 @@ class Engine:
                 temperature=options.temperature,
             ),
             vad_filter=options.vad_filter,
+            stop=stop,
         )
         done = {chunk.index: chunk for chunk in done_chunks}
         job.progress.report(_finished_prefix(done_chunks))
@@ -174,6 +179,8 @@ class Engine:
                 current = flight.popleft()
                 self._finish(job, current, on_chunk, counter)
             current = None
+        except Stopped:
+            raise JobCancelled("the transcription was stopped") from None
         finally:
             # Stopped or failed: nothing of this call may keep the decoding threads busy.
             job.stop.set()
@@ -300,6 +307,7 @@ class _Job:
         progress: _Progress,
         options: DecodeOptions,
         vad_filter: bool,
+        stop: threading.Event | None,
     ) -> None:
         self.model = model
         self.whisper = whisper
@@ -309,8 +317,9 @@ class _Job:
         self.options = options
         self.vad_filter = vad_filter
         self.chunks: list[ChunkTranscript] = []
-        # Set when the call ends for any reason: its windows still decoding raise Stopped.
-        self.stop = threading.Event()
+        # Set by the caller, or when the call ends for any reason: its windows still decoding
+        # raise Stopped before their next model call.
+        self.stop = stop if stop is not None else threading.Event()
 
 
 class _ChunkCounter:

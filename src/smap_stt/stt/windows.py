@@ -34,14 +34,14 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 # faster-whisper's public surface is WhisperModel and BatchedInferencePipeline; both decode
-# whole files their own way. Deciding windows, prompts and checks ourselves needs four of its
+# whole files their own way. Deciding windows, prompts and checks ourselves needs a few of its
 # inner names, imported here and nowhere else (faster-whisper is pinned to the minor version
 # tested, see pyproject.toml): the tokenizer (task, language, prompt tokens), the tokens
-# Whisper suppresses, the input padding and Silero VAD. Decoding, prompting, alignment and
-# language detection go through WhisperModel's own methods.
+# Whisper suppresses, how it joins punctuation to words, the input padding and Silero VAD.
+# Prompting, alignment and language detection go through WhisperModel's own methods.
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import get_suppressed_tokens
+from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from smap_stt.stt.audio import SAMPLE_RATE
@@ -72,6 +72,10 @@ _MAX_RETRIES = 2
 # Speech regions end at pauses this long (ms), and keep this much (ms) of silence each side.
 _MIN_SILENCE_MS = 500
 _SPEECH_PAD_MS = 400
+
+# faster-whisper's defaults for joining punctuation to the word before or after it.
+_PREPEND_PUNCTUATION = "\"'“¿([{-"
+_APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
 # Segments end after a sentence, at a pause, or once long enough at a clause.
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
@@ -376,20 +380,26 @@ def _align(
         )
     except (IndexError, ValueError):  # no usable path: each window's text becomes one segment
         return [[] for _ in tokens]
-    return [
-        [
-            _Word(
-                text=str(word["word"]),
-                start=float(word["start"]),
-                end=float(word["end"]),
-                probability=float(word["probability"]),
-            )
-            for word in aligned
-        ]
-        if ids
-        else []
-        for ids, aligned in zip(tokens, results, strict=True)
-    ]
+    words: list[list[_Word]] = []
+    for ids, aligned in zip(tokens, results, strict=True):
+        if not ids:
+            words.append([])
+            continue
+        # "years" "." → "years.", as faster-whisper's word timestamps have them
+        merge_punctuations(aligned, _PREPEND_PUNCTUATION, _APPEND_PUNCTUATION)
+        words.append(
+            [
+                _Word(
+                    text=str(word["word"]),
+                    start=float(word["start"]),
+                    end=float(word["end"]),
+                    probability=float(word["probability"]),
+                )
+                for word in aligned
+                if word["word"]
+            ]
+        )
+    return words
 
 
 def _check(window: Window, outcome: _Outcome) -> tuple[list[Segment], list[Window]]:

@@ -319,10 +319,13 @@ class _Control:
         self.chunks = (job.chunks_completed, job.chunks_total)
         self._stop_reason: str | None = None
         self._lock = threading.Lock()
+        # Tells the engine's decoding threads at once, not at its next progress callback.
+        self.stopped = threading.Event()
 
     def stop(self, reason: str) -> None:
         with self._lock:
             self._stop_reason = self._stop_reason or reason
+        self.stopped.set()
 
     def check(self) -> None:
         if self._stop_reason is not None:
@@ -415,7 +418,9 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         )
         language = None if job.language == "auto" else job.language
         transcript = await asyncio.to_thread(
-            ctx.engine.transcribe,
+            _transcribe,
+            ctx.engine,
+            control,
             audio,
             model=job.model,
             language=language,
@@ -424,6 +429,7 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
             on_chunk=control.on_chunk,
             on_progress=control.on_progress,
             on_chunks=control.on_chunks,
+            stop=control.stopped,
         )
         control.check()
         await _store_result(ctx, job, transcript, time.monotonic() - started)
@@ -432,6 +438,14 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         heartbeat.cancel()
         metrics.JOBS_IN_FLIGHT.dec()
         await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+
+def _transcribe(engine: Engine, control: _Control, *args: Any, **kwargs: Any) -> Transcript:
+    try:
+        return engine.transcribe(*args, **kwargs)
+    except JobCancelled:
+        control.check()  # the reason it was stopped (cancelled, deleted, timed out, ...)
+        raise
 
 
 def _options(job: Job) -> TranscribeOptions:
