@@ -24,6 +24,7 @@ _CHANGED: dict[str, tuple[str, object]] = {
     "retention_completed_days": ("30", 30.0),  # default None: RETENTION_DAYS applies
     "retention_failed_days": ("7", 7.0),
     "retention_cancelled_days": ("1.5", 1.5),
+    "whisper_model_aliases": ("medium=base,large=base", "medium=base,large=base"),
 }
 
 
