@@ -110,7 +110,7 @@ def render(
         rows += [
             f"{_ms(s.start)}\t{_ms(s.end)}\t{_one_line(s.text)}\n"
             for s in segments
-            if s.text.strip()
+            if _one_line(s.text)
         ]
         body = "".join(rows)
     elif fmt == "verbose_json":
@@ -226,7 +226,7 @@ def _timed_words(segment: _Segment) -> list[Word]:
     spaces with the segment's time shared out by length."""
     if segment.words:
         # A word's own text never breaks a line or a cue: newlines inside it become spaces.
-        return [Word(w.start, w.end, _spaces(w.word)) for w in segment.words if w.word.strip()]
+        return [Word(w.start, w.end, _spaces(w.word)) for w in segment.words if _one_line(w.word)]
     parts = _spaces(segment.text).split()
     total = sum(len(part) for part in parts)
     words, passed = [], 0
