@@ -6,7 +6,6 @@ Range support, byte for byte. The tests run in order and share the page and the 
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Clip
 from tests.procs import Service, wait_running
+from tests.web.browser import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,16 +41,6 @@ RECORDER = """() => {
   new MutationObserver(look).observe(document.body, all);
   look();
 }"""
-
-
-def wait_until(page: Page, predicate: str, arg: Any = None, timeout: float = 30) -> None:
-    """Poll a JavaScript function in the page until it returns true. (Playwright's own
-    wait_for_function evaluates strings, which the page's Content-Security-Policy forbids.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(predicate, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {predicate}")
-        time.sleep(0.05)
 
 
 def job_row(page: Page, filename: str) -> Any:

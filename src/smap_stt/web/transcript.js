@@ -16,7 +16,15 @@ export function setUpTranscript() {
   audio.addEventListener("seeked", () => follow());
   audio.addEventListener("play", () => loop());
   audio.addEventListener("error", () => {
-    if (view && audio.getAttribute("src")) toast("The audio could not be played: it may no longer be stored", { error: true });
+    if (!view || !audio.getAttribute("src")) return;
+    if (!view.retriedAudio) {
+      view.retriedAudio = true; // an expired signed link (a tab left asleep): new links, once
+      renewLinks(view).then((changed) => {
+        if (!changed) toast("The audio could not be played: it may no longer be stored", { error: true });
+      });
+      return;
+    }
+    toast("The audio could not be played: it may no longer be stored", { error: true });
   });
   $("segments").addEventListener("click", (event) => {
     const row = event.target.closest(".segment");
@@ -75,6 +83,7 @@ export function openTranscript(jobId) {
 export function closeTranscript() {
   if (!view) return;
   view.poll?.stop();
+  clearTimeout(view.linkTimer);
   cancelAnimationFrame(view.raf);
   const audio = $("player");
   audio.pause();
@@ -185,20 +194,55 @@ async function loadTranscript(mine, job) {
   $("t-state").hidden = true;
   $("t-body").hidden = false;
   const audio = $("player");
-  audio.src = links.audio;
   audio.setAttribute("aria-label", `Audio of ${job.filename}`);
-
-  const downloads = $("t-downloads");
-  downloads.replaceChildren(
-    ...FORMATS.filter((fmt) => links.downloads?.[fmt]).map((fmt) =>
-      el("a", { href: links.downloads[fmt], download: "", "aria-label": `Download as ${fmt.toUpperCase()}`, "data-format": fmt, text: fmt.toUpperCase() }),
-    ),
-  );
+  useLinks(mine, links);
 
   mine.segments = (doc.segments || []).filter((segment) => Number.isFinite(segment.start));
   mine.text = (doc.text || mine.segments.map((segment) => String(segment.text || "").trim()).join(" ")).trim();
   renderSegments(mine);
   applySearch($("t-search").value);
+}
+
+/**
+ * Point the player and the download buttons at `links`. Signed links expire (expires_at):
+ * new ones are fetched a minute before, and the player keeps its place and state.
+ */
+function useLinks(mine, links) {
+  const audio = $("player");
+  const changed = audio.getAttribute("src") !== links.audio;
+  if (changed) {
+    const at = audio.currentTime;
+    const playing = !audio.paused;
+    const first = !audio.getAttribute("src");
+    audio.src = links.audio;
+    if (!first) {
+      audio.currentTime = at;
+      if (playing) audio.play().catch(() => {});
+    }
+  }
+  $("t-downloads").replaceChildren(
+    ...FORMATS.filter((fmt) => links.downloads?.[fmt]).map((fmt) =>
+      el("a", { href: links.downloads[fmt], download: "", "aria-label": `Download as ${fmt.toUpperCase()}`, "data-format": fmt, text: fmt.toUpperCase() }),
+    ),
+  );
+  clearTimeout(mine.linkTimer);
+  const expires = links.expires_at ? new Date(links.expires_at).getTime() : NaN;
+  if (Number.isFinite(expires)) {
+    const wait = Math.max(expires - Date.now() - 60_000, 30_000);
+    mine.linkTimer = setTimeout(() => renewLinks(mine), wait);
+  }
+  return changed;
+}
+
+async function renewLinks(mine) {
+  if (view !== mine) return false;
+  try {
+    const links = await getJson(`/api/v1/tasks/${encodeURIComponent(mine.jobId)}/links`);
+    return view === mine && useLinks(mine, links);
+  } catch {
+    mine.linkTimer = setTimeout(() => renewLinks(mine), 30_000);
+    return false;
+  }
 }
 
 function renderSegments(mine) {
