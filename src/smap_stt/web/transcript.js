@@ -1,7 +1,7 @@
 // One job's transcript: the player, the segments (click to play from there, the one playing
 // highlighted, the current word marked), search, downloads and copy.
 
-import { AuthCancelled, getJson, request } from "./api.js";
+import { AuthCancelled, errorDetail, getJson, request } from "./api.js";
 import { FINAL, STATUS_LABELS, announce, clock, el, poller, setBar, span, toast } from "./util.js";
 import { languageName } from "./options.js";
 
@@ -20,11 +20,11 @@ export function setUpTranscript() {
     if (!view.retriedAudio) {
       view.retriedAudio = true; // an expired signed link (a tab left asleep): new links, once
       renewLinks(view).then((changed) => {
-        if (!changed) toast("The audio could not be played: it may no longer be stored", { error: true });
+        if (!changed) explainAudio(view);
       });
       return;
     }
-    toast("The audio could not be played: it may no longer be stored", { error: true });
+    explainAudio(view);
   });
   $("segments").addEventListener("click", (event) => {
     const row = event.target.closest(".segment");
@@ -89,6 +89,8 @@ export function closeTranscript() {
   audio.pause();
   audio.removeAttribute("src");
   audio.load();
+  audio.hidden = false;
+  $("t-audio-error").hidden = true;
   view = null;
 }
 
@@ -243,6 +245,23 @@ async function renewLinks(mine) {
     mine.linkTimer = setTimeout(() => renewLinks(mine), 30_000);
     return false;
   }
+}
+
+/** The player failed: ask the server why (410 when the audio was not kept) and say so. */
+async function explainAudio(mine) {
+  const audio = $("player");
+  let reason = "The audio could not be played.";
+  try {
+    const response = await fetch(audio.getAttribute("src"), { headers: { Range: "bytes=0-0" } });
+    if (!response.ok) reason = `The audio cannot be played: ${await errorDetail(response)}`;
+  } catch {
+    // the server is unreachable: the generic words stay
+  }
+  if (view !== mine) return;
+  audio.hidden = true;
+  const box = $("t-audio-error");
+  box.textContent = /[.!?]$/.test(reason) ? reason : `${reason}.`;
+  box.hidden = false;
 }
 
 function renderSegments(mine) {
