@@ -9,7 +9,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from smap_stt.stt.models import ensure_bundled_model
+from smap_stt.stt.local_models import ensure_bundled_model
 from tests.procs import ROOT, Service, base_env, free_port
 from tests.speech import cached_speech, cached_speech_paragraphs, paragraphs
 

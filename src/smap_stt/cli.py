@@ -146,7 +146,7 @@ def _transcribe(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _models(settings: Settings, args: argparse.Namespace) -> None:
-    from smap_stt.stt.models import BUNDLED, ensure_bundled_model, installed_models
+    from smap_stt.stt.local_models import BUNDLED, ensure_bundled_model, installed_models
 
     if args.action == "push":
         asyncio.run(_push(settings, args.name or settings.whisper_model))
@@ -179,14 +179,14 @@ async def _remote_models(settings: Settings) -> tuple[list[str], str, str]:
     not be listed (empty when they could)."""
     from smap_stt.backends import make_blobs
     from smap_stt.errors import BackendUnavailable
-    from smap_stt.stt import registry
+    from smap_stt.stt import bucket_models
 
     blobs = make_blobs(settings)
     if not settings.minio_endpoint and not settings.blob_dir.is_dir():
         return [], blobs.name, ""  # nothing pushed; listing must not create BLOB_DIR
     try:
         await blobs.open()
-        return await registry.remote_models(blobs), blobs.name, ""
+        return await bucket_models.remote_models(blobs), blobs.name, ""
     except BackendUnavailable as exc:
         return [], blobs.name, str(exc)
     finally:
@@ -195,12 +195,12 @@ async def _remote_models(settings: Settings) -> tuple[list[str], str, str]:
 
 async def _push(settings: Settings, name: str) -> None:
     from smap_stt.backends import make_blobs
-    from smap_stt.stt import registry
+    from smap_stt.stt import bucket_models
 
     blobs = make_blobs(settings)
     await blobs.open()
     try:
-        size = await registry.push(blobs, settings.whisper_models_dir, name)
+        size = await bucket_models.push(blobs, settings.whisper_models_dir, name)
     finally:
         await blobs.close()
     print(f"pushed {name} ({size / 1e6:.1f} MB) to the {blobs.name} blob store")

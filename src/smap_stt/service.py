@@ -28,9 +28,9 @@ from smap_stt.errors import (
     JobNotFound,
 )
 from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
-from smap_stt.stt import audio, registry
+from smap_stt.stt import audio, bucket_models
 from smap_stt.stt.languages import normalize_language
-from smap_stt.stt.models import available_models
+from smap_stt.stt.local_models import available_models
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ async def parse_request(
         requested_model, model = model, aliased
     models = await asyncio.to_thread(available_models, settings.whisper_models_dir)
     if model not in models and not settings.whisper_allow_download:
-        models = await registry.all_models(backends.blobs, settings.whisper_models_dir)
+        models = await bucket_models.all_models(backends.blobs, settings.whisper_models_dir)
         if model not in models:
             raise InvalidRequest(f"unknown model {model!r}; available: {', '.join(models)}")
     raw_priority = fields.get("priority") or "5"

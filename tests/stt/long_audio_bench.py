@@ -26,7 +26,7 @@ MODES = ("bare", "bare2", "batched", "engine")
 def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
     text, path = long_speech(voice=voice)
     models_dir = ROOT / "models"  # WHISPER_MODELS_DIR's default, shared with the test suite
-    from smap_stt.stt.models import ensure_bundled_model
+    from smap_stt.stt.local_models import ensure_bundled_model
 
     model_path = str(ensure_bundled_model(models_dir))
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from smap_stt.config import Settings
 from smap_stt.errors import JobCancelled, ModelCorrupt, ModelNotFound
 from smap_stt.stt.audio import probe
 from smap_stt.stt.chunks import ChunkAudio, iter_chunks
-from smap_stt.stt.models import resolve_model
+from smap_stt.stt.local_models import resolve_model
 from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
 from smap_stt.stt.windows import (
     Decoded,

@@ -43,7 +43,7 @@ from smap_stt.logs import current_job
 from smap_stt.queue.base import Delivery, decode_message
 from smap_stt.retention import process_dir
 from smap_stt.store.base import JobStore
-from smap_stt.stt import registry
+from smap_stt.stt import bucket_models
 from smap_stt.stt.engine import Engine
 from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
 
@@ -410,7 +410,7 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
         done = [ChunkTranscript.from_dict(data) for data in await store.load_chunks(job.id)]
         if done:
             log.info("resuming after %d checkpointed chunk(s)", len(done))
-        await registry.ensure_local(
+        await bucket_models.ensure_local(
             blobs,
             settings.whisper_models_dir,
             job.model,

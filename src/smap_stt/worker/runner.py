@@ -14,7 +14,7 @@ from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable
 from smap_stt.queue.base import Delivery
-from smap_stt.stt import registry
+from smap_stt.stt import bucket_models
 from smap_stt.stt.engine import Engine
 from smap_stt.worker.process import WorkerContext, handle_dead_event, handle_delivery
 
@@ -46,7 +46,7 @@ class Worker:
         """Load the default model, then start consuming."""
         settings = self.settings
         # The default model may live in the blob store only (pushed, not installed here).
-        await registry.ensure_local(
+        await bucket_models.ensure_local(
             self.backends.blobs,
             settings.whisper_models_dir,
             settings.whisper_model,

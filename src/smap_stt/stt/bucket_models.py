@@ -1,5 +1,6 @@
-"""Models kept in the blob store, as the original kept them in a bucket: `smap-stt models push`
-uploads a model directory; a worker asked for a model it lacks fetches, verifies and caches it.
+"""Models shared through the blob store (`models/` in the bucket), as the original kept them:
+`smap-stt models push` uploads a model directory; a worker asked for a model it lacks fetches,
+verifies and caches it (models on this machine's disk: local_models.py).
 
 Layout: `models/<name>/<file>` for each file, then `models/<name>/manifest.json` (sizes and
 sha256 of every file) written last, so a half-pushed model is never offered."""
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from smap_stt.blobs.base import BlobStore
 from smap_stt.errors import BlobNotFound, ModelCorrupt, ModelNotFound
-from smap_stt.stt.models import available_models, is_model_dir
+from smap_stt.stt.local_models import available_models, is_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Whisper models without a model hub: the bundled `base` model and directories users drop in.
+"""Models on this machine: the bundled `base` model and the directories users drop into
+WHISPER_MODELS_DIR, without a model hub (models shared through the blob store: bucket_models.py).
 
 faster-whisper loads a CTranslate2 directory (`model.bin`, `config.json`, `tokenizer.json`);
 given a bare name, or a directory without `tokenizer.json`, it goes to the Hugging Face hub,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from smap_stt.errors import ModelCorrupt, ModelNotFound
-from smap_stt.stt import models
-from smap_stt.stt.models import (
+from smap_stt.stt import local_models
+from smap_stt.stt.local_models import (
     BUNDLED,
     available_models,
     ensure_bundled_model,
@@ -74,7 +74,7 @@ def test_an_unverified_base_directory_is_replaced(tmp_path: Path) -> None:
 def test_wrong_hash_raises_and_publishes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(models, "_BUNDLED_SHA256", "0" * 64)
+    monkeypatch.setattr(local_models, "_BUNDLED_SHA256", "0" * 64)
     with pytest.raises(ModelCorrupt, match="sha256"):
         ensure_bundled_model(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock"]
