@@ -168,6 +168,9 @@ def test_translate_on_the_vietnamese_voice_gives_english(client: httpx.Client) -
     status = wait_final(client, job_id, timeout=300)
     assert status["status"] == "COMPLETED" and status["task"] == "translate", status
     text = client.get(f"/api/v1/tasks/{job_id}/result").json()["transcription"]
+    document = client.get(f"/api/v1/tasks/{job_id}/download").json()
+    assert document["task"] == "translate"
+    assert all("words" not in s for s in document["segments"])  # not asked for
     words = set(re.findall(r"[a-z']+", text.lower()))
     assert len(words & _ENGLISH) >= 2, text
     assert not re.search(r"[ăâđêôơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]", text.lower())
