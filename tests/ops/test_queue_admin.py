@@ -30,8 +30,9 @@ def statuses(client: httpx.Client) -> dict[str, dict[str, object]]:
 
 @pytest.fixture(scope="module")
 def svc(module_service: Callable[..., Service]) -> Service:
-    # Messages expire after 20 s in the queue: with no worker running they become dead letters.
-    svc = module_service(QUEUE_MESSAGE_TTL=20)
+    # Messages expire after 10 s in the queue: with no worker running they become dead letters.
+    # The worker runs two jobs at once, so requeued jobs never wait that long.
+    svc = module_service(QUEUE_MESSAGE_TTL=10, MAX_CONCURRENT_JOBS=2)
     svc.start("api")
     return svc
 
@@ -43,7 +44,7 @@ def test_dead_letters_are_requeued_as_new_jobs(svc: Service, tiny_clip: Clip) ->
         stats = cli(svc, "queue", "stats")
         assert "work          2" in stats and "consumers: 0" in stats
         assert old[0] in stats  # the oldest waiting job
-        time.sleep(max(0, sent + 21 - time.monotonic()))  # both expire into the dead letters
+        time.sleep(max(0, sent + 11 - time.monotonic()))  # both expire into the dead letters
         worker = svc.start("worker")  # marks their jobs FAILED (expired)
         for job_id in old:
             status = wait_final(client, job_id)
@@ -82,8 +83,7 @@ def test_purge_fails_every_waiting_job(svc: Service, tiny_clip: Clip) -> None:
 def test_embedded_queue_through_the_job_store(
     module_service: Callable[..., Service], tiny_clip: Clip
 ) -> None:
-    """Beside `serve` the commands work on the job store; the running service picks up the
-    requeued job through its outbox."""
+    """`--embedded` (beside `serve`) reads and changes the job store, not RabbitMQ."""
     svc = module_service()
     svc.start("serve")
     with svc.client() as client:
@@ -92,3 +92,5 @@ def test_embedded_queue_through_the_job_store(
         stats = cli(svc, "queue", "stats", "--embedded")
         assert "work          0" in stats and "job store" in stats
         assert "no dead letters" in cli(svc, "queue", "dead", "--embedded")
+        assert "purged 0 job(s)" in cli(svc, "queue", "purge", "--yes", "--embedded")
+        assert client.get(f"/api/v1/tasks/{job_id}/status").json()["status"] == "COMPLETED"

@@ -161,3 +161,20 @@ def test_stale_temp_files_of_dead_processes_go(tmp_path: Path) -> None:
     os.utime(legacy_old, (day_ago, day_ago))
     assert retention.clean_stale_temp(tmp_path) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*live, "uploads"])
+
+
+def test_cleanup_command(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SQLITE_PATH": str(tmp_path / "jobs.sqlite3"),
+        "BLOB_DIR": str(tmp_path / "blobs"),
+        "TEMP_DIR": str(tmp_path / "tmp"),
+    }
+    run = [sys.executable, "-m", "smap_stt.cli", "cleanup"]
+    kept = subprocess.run([*run, "--dry-run"], env=env, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    assert "RETENTION_DAYS is 0" in kept.stdout and "would delete no jobs" in kept.stdout
+    env["RETENTION_DAYS"] = "1"
+    done = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "deleted no jobs" in done.stdout and "removed 0 stale" in done.stdout

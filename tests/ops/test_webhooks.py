@@ -3,6 +3,7 @@ status, delivered after a worker is SIGKILLed, and never in the way of transcrip
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.conftest import Clip
 from tests.ops.conftest import SECRET, Receiver
-from tests.procs import Service, upload, wait_final
+from tests.procs import ROOT, SMAP_STT, Service, upload, wait_final
 
 HOOKS = {
     "WEBHOOK_SECRET": SECRET,
@@ -49,6 +50,20 @@ def test_signed_retried_and_recorded(
     assert [a.get("status_code") for a in webhook["attempts"]] == [500, 500, 200]
     assert all(a["duration_ms"] >= 0 for a in webhook["attempts"])
     assert webhook["delivered_at"] is not None
+
+    # `smap-stt webhooks redeliver` sends it again now, as a new delivery.
+    result = subprocess.run(
+        [*SMAP_STT, "webhooks", "redeliver", job_id],
+        env=serve.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "delivered" in result.stdout, result.stdout + result.stderr
+    again = hook.wait_hits(4)[-1]
+    assert again.verified() and again.json()["job_id"] == job_id
+    assert again.headers["x-smap-delivery"] != hits[0].headers["x-smap-delivery"]
 
 
 def test_forged_signature_does_not_verify(
