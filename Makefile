@@ -3,21 +3,30 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUNTIME := $(VENV)/.runtime-stamp
+DEV := $(VENV)/.dev-stamp
 
-.PHONY: install models run api worker stack test lint typecheck bench system-deps rabbitmq clean reset-data screenshots
+.PHONY: install install-runtime models run api worker stack test unit lint typecheck bench system-deps rabbitmq clean reset-data screenshots
 
-$(STAMP): pyproject.toml
+# What running the service needs (`make run`, `api`, `worker`, `stack`, `models`).
+$(RUNTIME): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "smap-stt needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME)
+
+# Plus what testing and checking need: test servers, schemathesis, playwright, type stubs.
+$(DEV): $(RUNTIME)
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV)
 
-install: $(STAMP)
+install-runtime: $(RUNTIME)
 
-models: install
+install: $(DEV)
+
+models: install-runtime
 	$(BIN)/smap-stt models install
 
 run: models
@@ -51,14 +60,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: models system-deps rabbitmq lint typecheck
-	$(BIN)/pytest
+# CI=true: a test server that cannot start fails the run instead of skipping its tests.
+test: install models system-deps rabbitmq lint typecheck
+	CI=true $(BIN)/pytest
 
-bench: models system-deps rabbitmq
+# The fast layer: pure logic and in-process API tests, no server, no network, no inference.
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+bench: install models system-deps rabbitmq
 	$(BIN)/python -m bench.run
 
 # docs/screenshots/*.png for the README: a fresh `serve` with a few jobs, photographed.
-screenshots: models system-deps rabbitmq
+screenshots: install models system-deps rabbitmq
 	$(BIN)/python scripts/screenshots.py
 
 # Build output only: caches and package metadata. The venv, models and data stay.

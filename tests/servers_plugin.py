@@ -2,7 +2,11 @@
 
 - `mongo_server`, `s3_server` (session): a SecantusDB / SeaweedFS started on first use and
   killed at the end; a test may `kill()`/`stop()` and `start()` them (same port, same data),
-  and must leave them running. They skip the test when the server cannot be started.
+  and must leave them running.
+- `rabbit_node` (session): a second RabbitMQ node of the tests' own (tests/rabbit_node.py) for
+  destructive broker cases; the shared broker on 5672 is never stopped or reconfigured.
+- A server that cannot be started fails the test under `CI=true` (as `make test` runs), and
+  skips it, saying why, otherwise.
 - `job_store` (parametrized "sqlite", "mongo") and `blob_store` ("local", "s3"): a fresh,
   opened store per test (own SQLite file / database / directory / bucket), closed and
   dropped afterwards. Select one backend with `-k "sqlite"`, `-k "not mongo"`...
@@ -23,7 +27,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pymongo
 import pytest
@@ -34,7 +38,29 @@ from smap_stt.blobs.s3 import S3BlobStore
 from smap_stt.store.base import JobStore
 from smap_stt.store.mongo import MongoJobStore
 from smap_stt.store.sqlite import SqliteJobStore
+from tests.rabbit_node import RabbitNode, RabbitNodeError
 from tests.servers import MongoServer, S3Server, ServerError, start_mongo, start_s3
+
+
+def strict_servers() -> bool:
+    """Under CI a missing test server is a broken setup, never a reason to pass."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def server_unavailable(reason: str) -> NoReturn:
+    if strict_servers():
+        pytest.fail(f"{reason} (CI=true: a test server that cannot start is an error)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    try:
+        node = RabbitNode(tmp_path_factory.mktemp("rabbit-node")).start()
+    except RabbitNodeError as exc:
+        server_unavailable(f"no second RabbitMQ node: {exc}")
+    yield node
+    node.stop()
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +72,7 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
     try:
         server = start_mongo(tmp_path_factory.mktemp("mongo"))
     except ServerError as exc:
-        pytest.skip(f"no MongoDB-protocol server: {exc}")
+        server_unavailable(f"no MongoDB-protocol server: {exc}")
     yield server
     server.kill()  # throwaway data: a kill is instant, a clean stop takes seconds
 
@@ -56,7 +82,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         server = start_s3(tmp_path_factory.mktemp("s3"))
     except ServerError as exc:
-        pytest.skip(f"no S3 server: {exc}")
+        server_unavailable(f"no S3 server: {exc}")
     yield server
     server.kill()
 

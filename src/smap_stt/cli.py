@@ -62,6 +62,7 @@ def _serve(settings: Settings, _: argparse.Namespace) -> None:
     backends = make_backends(settings, embedded=True)
     worker = Worker(settings, backends, Engine(settings))
     _run_uvicorn(create_app(settings, backends, worker=worker), settings)
+    _exit_without_waiting_for_decoders()
 
 
 def _check_queue(settings: Settings) -> None:
@@ -119,6 +120,20 @@ def _worker(settings: Settings, _: argparse.Namespace) -> None:
 
         metrics.start_worker_server(settings.worker_metrics_host, settings.worker_metrics_port)
     asyncio.run(run_worker(settings, make_backends(settings, embedded=False), Engine(settings)))
+    _exit_without_waiting_for_decoders()
+
+
+def _exit_without_waiting_for_decoders() -> None:
+    """After a clean stop every job is settled and every backend closed; but the decode thread
+    of a job handed back at shutdown runs on until its next progress check (under load, a whole
+    window: tens of seconds), and the interpreter would wait for it before exiting. Nothing it
+    does can reach anyone any more, so exit now."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _transcribe(settings: Settings, args: argparse.Namespace) -> None:

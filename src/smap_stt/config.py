@@ -159,7 +159,8 @@ class Settings(BaseSettings):
     outbox_interval: float = Field(
         5,
         gt=0,
-        description="Seconds between passes of the recovery loop (outbox, stale jobs).",
+        description="Seconds between passes of the recovery sweeps (outbox, stale jobs, lost "
+        "messages).",
     )
     shutdown_grace_seconds: float = Field(
         60, ge=0, description="On SIGTERM, how long running jobs may take before being handed back."

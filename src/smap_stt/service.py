@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ async def submit(
 ) -> Job:
     """Turn a received upload into a queued job. The audio is stored and the job recorded
     before publishing; if the broker is down the job waits in the outbox (published=False)
-    and the recovery loop publishes it once the broker answers.
+    and the outbox sweep (smap_stt.recovery) publishes it once the broker answers.
 
     `idempotency_key` (already scoped, see `submit_once`) is stored with the job under a
     unique index: a second job with the key raises DuplicateIdempotencyKey."""
@@ -181,7 +182,7 @@ async def submit(
     job_id = new_job_id()
     # Recorded as published before publishing, to save a write per upload: if publishing
     # fails it is marked unpublished for the outbox; if this process dies in between, the
-    # recovery loop republishes PENDING jobs that wait with an empty queue.
+    # lost-messages sweep republishes PENDING jobs that wait with an empty queue.
     job = Job(
         id=job_id,
         filename=upload.filename,
@@ -320,6 +321,21 @@ async def render_result(
         highlight_words=highlight_words,
     )
     return job, rendered
+
+
+async def audio_size(backends: Backends, job: Job) -> int:
+    return await backends.blobs.size(job.audio_key)
+
+
+async def read_audio(
+    backends: Backends, job: Job, offset: int, length: int
+) -> AsyncIterator[bytes]:
+    """`length` bytes of the job's audio from `offset`, in blocks, for a streamed response."""
+    try:
+        async for block in backends.blobs.read_range(job.audio_key, offset, length):
+            yield block
+    except BackendUnavailable as exc:  # the status line is sent: all we can do is stop short
+        log.warning("audio %s: storage failed mid-stream (%s)", job.audio_key, exc)
 
 
 async def delete_job(backends: Backends, job_id: str) -> Job:

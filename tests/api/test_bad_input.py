@@ -176,7 +176,7 @@ def test_malformed_multipart_is_400(client: httpx.Client) -> None:
         content=b"--x\r\ngarbage without end",
         headers={"content-type": "multipart/form-data; boundary=x"},
     )
-    assert response.status_code in (400, 422), response.text
+    _assert_error(response, 400, "malformed multipart")
 
 
 def test_hostile_filename_is_kept_as_a_name_only(client: httpx.Client, svc: Service) -> None:
@@ -202,8 +202,24 @@ def test_bad_list_query_is_422(client: httpx.Client) -> None:
 
 
 def test_refused_uploads_create_no_jobs(client: httpx.Client) -> None:
-    jobs = client.get("/api/v1/tasks", params={"limit": 100}).json()["jobs"]
-    assert all("passwd" in job["filename"] for job in jobs), jobs
+    def job_ids() -> set[str]:
+        answer = client.get("/api/v1/tasks", params={"limit": 100})
+        assert answer.status_code == 200, answer.text
+        return {job["job_id"] for job in answer.json()["jobs"]}
+
+    before = job_ids()
+    refused = [
+        _post(client, "noise.wav", os.urandom(4096)),
+        _post(client, "empty.wav", b""),
+        _post(client, "header.wav", _wav_header_only()),
+        _post(client, "a.wav", b"RIFF", language="klingon"),
+        _post(client, "a.wav", b"RIFF", priority="11"),
+        client.post("/api/v1/tasks/upload", json={"file": "x"}),
+    ]
+    assert all(400 <= answer.status_code < 500 for answer in refused), [
+        (answer.status_code, answer.text) for answer in refused
+    ]
+    assert job_ids() == before
 
 
 # --- hand-made hostile multipart bodies ---------------------------------------------------------

@@ -24,7 +24,7 @@ from tests.servers_plugin import _drop_bucket
 @asynccontextmanager
 async def _store(server: S3Server, public_endpoint: str) -> AsyncIterator[S3BlobStore]:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         minio_endpoint=server.endpoint,
         minio_public_endpoint=public_endpoint,
         minio_access_key=server.access_key,
@@ -72,7 +72,7 @@ async def test_without_it_urls_name_minio_endpoint(s3_server: S3Server) -> None:
 @pytest.mark.parametrize("value", ["", "localhost:9000"])
 def test_the_setting_reaches_the_store(value: str) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         minio_endpoint="127.0.0.1:9000",
         minio_public_endpoint=value,
     )

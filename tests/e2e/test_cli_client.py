@@ -68,7 +68,7 @@ def test_submit_waits_and_writes_the_subtitles(
     # Later: `wait` for the same job (already final) and `result` in another format.
     waited = smap("wait", job_id, "--server", svc.url, "--format", "vtt", "--out", out)
     assert waited.returncode == 0, waited.stderr
-    captions = list(webvtt.read(str(out / f"{tiny_clip.path.stem}.vtt")))
+    captions = webvtt.read(str(out / f"{tiny_clip.path.stem}.vtt")).captions
     assert [c.text for c in captions] == [c.content for c in cues]
     printed = smap("result", job_id, "--server", svc.url, "--format", "txt")
     assert printed.returncode == 0 and "fox" in printed.stdout.lower()

@@ -103,7 +103,7 @@ def test_every_format_reads_back_with_a_real_parser(
     assert [(_ms(c.start.total_seconds()), _ms(c.end.total_seconds())) for c in cues] == spans
 
     vtt = _get(client, base, "vtt", "text/vtt", f"{stem}.vtt")
-    captions = list(webvtt.from_buffer(io.StringIO(vtt)))
+    captions = webvtt.from_buffer(io.StringIO(vtt)).captions
     assert [html.unescape(c.text) for c in captions] == texts
     assert [(_vtt_ms(c.start), _vtt_ms(c.end)) for c in captions] == spans
 

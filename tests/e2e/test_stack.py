@@ -212,7 +212,7 @@ def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[str]:
 
 def _still_there(process: psutil.Process) -> bool:
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

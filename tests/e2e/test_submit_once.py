@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,8 +87,8 @@ def test_queue_position_falls_as_jobs_ahead_finish(
         urgent = upload(client, tiny_clip.path, language="en", priority=9)
         last = ids[-1]
 
-        def standing(job_id: str) -> dict[str, object]:
-            status: dict[str, object] = client.get(f"/api/v1/tasks/{job_id}/status").json()
+        def standing(job_id: str) -> dict[str, Any]:
+            status: dict[str, Any] = client.get(f"/api/v1/tasks/{job_id}/status").json()
             return status
 
         assert [standing(job_id)["queue_position"] for job_id in ids] == [1, 2, 3]
@@ -96,7 +97,7 @@ def test_queue_position_falls_as_jobs_ahead_finish(
         assert standing(last)["eta_seconds"] is None
 
         svc.start("worker")
-        seen: list[object] = []
+        seen: list[int] = []
         etas: list[object] = []
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

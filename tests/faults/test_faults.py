@@ -7,11 +7,9 @@ import asyncio
 import json
 import re
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import aio_pika
 import pytest
@@ -75,22 +73,6 @@ def test_job_that_kills_every_worker_fails_after_max_attempts(
         status = wait_final(client, job_id, timeout=120)
     assert status["status"] == "FAILED"
     assert "gave up after 2 attempts" in status["error_message"]
-
-
-def test_broker_restart_with_50_jobs(service: ServiceFactory, tiny_clip: Clip) -> None:
-    svc = service(MAX_CONCURRENT_JOBS=2)
-    svc.start("api")
-    worker = svc.start("worker")
-    with svc.client() as client:
-        jobs = [upload(client, tiny_clip.path, language="en") for _ in range(50)]
-        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
-        time.sleep(2)
-        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
-        subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
-        statuses = [wait_final(client, job, timeout=400) for job in jobs]
-    assert [s["status"] for s in statuses] == ["COMPLETED"] * 50
-    done = completions(worker)
-    assert all(done[job] == 1 for job in jobs), done
 
 
 def test_broker_down_during_uploads_uses_the_outbox(
@@ -214,7 +196,7 @@ def test_cancel_queued_and_running_jobs(service: ServiceFactory, long_clip: Clip
 
 
 def test_delete_refuses_active_jobs_and_removes_files(
-    service: ServiceFactory, tiny_clip: Clip
+    service: ServiceFactory, tiny_clip: Clip, long_clip: Clip
 ) -> None:
     svc = service()
     svc.start("serve")
@@ -224,10 +206,15 @@ def test_delete_refuses_active_jobs_and_removes_files(
         assert list((svc.data_dir / "blobs").rglob(f"{job_id}*"))
         assert client.delete(f"/api/v1/tasks/{job_id}").status_code == 200
         assert not list((svc.data_dir / "blobs").rglob(f"{job_id}*"))
-        active = upload(client, tiny_clip.path, language="en")
+        # 75 s of speech cannot finish between these requests: the job is surely active.
+        active = upload(client, long_clip.path, language="en")
         answer = client.delete(f"/api/v1/tasks/{active}")
-        if answer.status_code != 200:  # it may already have finished: both are right
-            assert answer.status_code == 409
+        assert answer.status_code == 409, answer.text
+        assert "cancel it before deleting it" in answer.json()["detail"]
+        status = client.get(f"/api/v1/tasks/{active}/status").json()["status"]
+        assert status in ("PENDING", "PROCESSING")
+        assert list((svc.data_dir / "blobs").rglob(f"{active}*"))  # nothing was removed
+        assert client.post(f"/api/v1/tasks/{active}/cancel").status_code == 200
 
 
 def test_resume_from_checkpoints_after_sigkill(service: ServiceFactory, long_clip: Clip) -> None:
@@ -247,20 +234,6 @@ def test_resume_from_checkpoints_after_sigkill(service: ServiceFactory, long_cli
     assert wer(long_clip.text, result["transcription"]) <= 0.15
     starts = [segment["start"] for segment in result["segments"]]
     assert starts == sorted(starts)
-
-
-def test_long_job_survives_the_consumer_timeout(
-    service: ServiceFactory, long_clip: Clip, consumer_timeout: Any
-) -> None:
-    svc = service(EARLY_ACK_AFTER=1, STALE_AFTER=30)
-    svc.start("api")
-    worker = svc.start("worker")
-    with svc.client() as client:
-        job_id = upload(client, long_clip.path, language="en")
-        status = wait_final(client, job_id, timeout=300)
-    assert status["status"] == "COMPLETED", status
-    assert status["attempts"] == 1
-    assert "acked its message early" in worker.log()
 
 
 def test_worker_death_after_early_ack_is_recovered(

@@ -82,7 +82,7 @@ def test_counts_add_up_across_api_processes(stack: Service) -> None:
     per_process = [
         sum(
             value
-            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
             if "smap_stt_uploads_refused" in key
         )
         for path in folder.glob("counter_*.db")

@@ -77,7 +77,7 @@ async def gone(backends: Backends, job: Job) -> bool:
 
 
 async def test_retention_deletes_exactly_what_is_old(backends: Backends) -> None:
-    settings = Settings(_env_file=None, retention_days=5, retention_failed_days=20)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, retention_days=5, retention_failed_days=20)
     old_done = await make(backends, JobStatus.COMPLETED, 6)
     old_cancelled = await make(backends, JobStatus.CANCELLED, 30)
     failed_kept = await make(backends, JobStatus.FAILED, 10)  # its own limit: 20 days
@@ -101,14 +101,14 @@ async def test_retention_deletes_exactly_what_is_old(backends: Backends) -> None
 
 
 async def test_retention_zero_keeps_everything(backends: Backends) -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     job = await make(backends, JobStatus.COMPLETED, 3650)
     assert (await retention.apply_retention(settings, backends)).total == 0
     assert await backends.blobs.exists(job.audio_key)
 
 
 async def test_keep_audio_false_deletes_final_audio_keeps_transcript(backends: Backends) -> None:
-    settings = Settings(_env_file=None, keep_audio=False)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, keep_audio=False)
     done = await make(backends, JobStatus.COMPLETED, 0)
     failed = await make(backends, JobStatus.FAILED, 0)
     pending = await make(backends, JobStatus.PENDING, 0)

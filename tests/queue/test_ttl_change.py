@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -33,9 +34,9 @@ async def names() -> AsyncIterator[dict[str, str]]:
     await _delete_topology(values["RABBITMQ_EXCHANGE_NAME"], values["RABBITMQ_QUEUE_NAME"])
 
 
-def _settings(names: dict[str, str], **values: object) -> Settings:
+def _settings(names: dict[str, str], **values: Any) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         rabbitmq_exchange_name=names["RABBITMQ_EXCHANGE_NAME"],
         rabbitmq_queue_name=names["RABBITMQ_QUEUE_NAME"],
         retry_delays=[1],

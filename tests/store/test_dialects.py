@@ -65,7 +65,8 @@ async def test_queue_ahead_counts_higher_priority_and_older_equal_priority(
     assert (await job_store.queue_ahead(await job_store.get(old_low)))[0] == 5
 
     await job_store.heartbeat(running, progress=25)
-    assert await job_store.running() == (1, pytest.approx(30.0))
+    count, seconds_left = await job_store.running()
+    assert count == 1 and seconds_left == pytest.approx(30.0)
     # Jobs ahead that start running leave the queue: the position falls.
     started = await job_store.claim(old_same, "w2")
     assert started is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ class Clip:
 
 
 def make_settings(models_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "whisper_models_dir": models_dir,
         "max_concurrent_jobs": 1,
         "whisper_chunk_seconds": 120,

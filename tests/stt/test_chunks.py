@@ -3,10 +3,9 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pytest
 
 from smap_stt.stt.audio import SAMPLE_RATE, decode_audio
-from smap_stt.stt.chunks import find_cut, iter_chunks
+from smap_stt.stt.chunks import iter_chunks
 from tests.stt.conftest import Clip
 
 
@@ -35,11 +34,3 @@ def test_fixed_ends_from_an_earlier_attempt_win(speech_75s: Clip) -> None:
     assert chunks[0].end_seconds == 12.5
     assert chunks[1].start_seconds == 12.5 and chunks[1].end_seconds == 31.0
     assert 22 <= chunks[2].end_seconds - 31.0 <= 38
-
-
-def test_find_cut_prefers_the_quietest_spot() -> None:
-    rng = np.random.default_rng(0)
-    audio = rng.normal(0, 0.3, 40 * SAMPLE_RATE).astype(np.float32)
-    audio[23 * SAMPLE_RATE : 23 * SAMPLE_RATE + 4000] *= 0.01
-    cut = find_cut(audio, target=20 * SAMPLE_RATE, slack=5 * SAMPLE_RATE)
-    assert cut / SAMPLE_RATE == pytest.approx(23.125, abs=0.1)

@@ -21,7 +21,7 @@ from smap_stt.formats import FORMATS, RENDERED_FORMATS, content_disposition, ren
 # Text as transcripts (and attackers) have it: any script, plus what breaks subtitle files.
 _TRICKY = st.sampled_from(["-->", "\n", "\n\n", "\r\n", "\t", " ", "&", "<b>", "1", "\u2028"])
 _TEXT = st.lists(
-    st.one_of(st.text(st.characters(exclude_categories=("Cs",)), max_size=8), _TRICKY),
+    st.one_of(st.text(st.characters(exclude_categories=["Cs"]), max_size=8), _TRICKY),
     max_size=5,
 ).map("".join)
 _TIME = st.floats(min_value=0, max_value=360_000, allow_nan=False)
@@ -100,7 +100,7 @@ def _expected_words(document: dict[str, Any], options: dict[str, Any]) -> str:
     """Every character of the transcript's words, in order, without the spaces (cues may join
     a word to the next when it has no leading space, as Whisper's writer does)."""
     by_words = any(options.values())
-    parts = []
+    parts: list[str] = []
     for segment in document["segments"]:
         if by_words and segment.get("words"):  # text without aligned words is shown as is
             parts.extend(w["word"] for w in segment["words"])
@@ -155,15 +155,15 @@ def test_vtt_reads_back_with_the_same_times_and_words(
 ) -> None:
     body = render(document, "vtt", **options).body.decode("utf-8")
     assert body.startswith("WEBVTT\n\n")
-    captions = list(webvtt.from_buffer(io.StringIO(body)))
+    captions = webvtt.from_buffer(io.StringIO(body)).captions
     for caption in captions:
         assert caption.start_in_seconds <= caption.end_in_seconds
         assert "-->" not in caption.text
     if options["highlight_words"]:
         options = {**options, "highlight_words": False}
-        captions = list(
-            webvtt.from_buffer(io.StringIO(render(document, "vtt", **options).body.decode()))
-        )
+        captions = webvtt.from_buffer(
+            io.StringIO(render(document, "vtt", **options).body.decode())
+        ).captions
     texts = [html.unescape(caption.text) for caption in captions]
     assert _cue_words(texts) == _expected_words(document, options)
     _check_times(
@@ -323,7 +323,7 @@ def test_line_width_and_count_split_cues_at_words_with_word_times() -> None:
 
 def test_highlight_words_underlines_each_word_in_turn() -> None:
     body = render(WORDS_DOCUMENT, "vtt", highlight_words=True).body.decode()
-    captions = list(webvtt.from_buffer(io.StringIO(body)))
+    captions = webvtt.from_buffer(io.StringIO(body)).captions
     assert [c.raw_text for c in captions] == [
         "<u>one</u> two three four",
         "one <u>two</u> three four",

@@ -33,7 +33,7 @@ def _count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         opened.append(str(args[0]))
         return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(audio.av, "open", counting_open)
+    monkeypatch.setattr(av, "open", counting_open)
     return opened
 
 

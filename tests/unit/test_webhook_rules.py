@@ -112,11 +112,11 @@ async def test_upload_callback_needs_the_secret_and_a_public_target() -> None:
     from smap_stt.config import Settings
     from smap_stt.service import callback_from
 
-    bare = Settings(_env_file=None)  # type: ignore[call-arg]
+    bare = Settings(_env_file=None)
     assert await callback_from(bare, {}) is None
     with pytest.raises(InvalidRequest, match="WEBHOOK_SECRET"):
         await callback_from(bare, {"callback_url": "https://93.184.216.34/hook"})
-    signed = Settings(_env_file=None, webhook_secret="k")  # type: ignore[call-arg]
+    signed = Settings(_env_file=None, webhook_secret="k")
     assert await callback_from(signed, {"callback_url": "https://93.184.216.34/h?t=1"}) == (
         "https://93.184.216.34/h?t=1"
     )

@@ -115,7 +115,7 @@ async def test_vtt_with_line_options_splits_at_words(client: httpx.AsyncClient) 
         params={"format": "vtt", "max_line_width": 10, "max_line_count": 1},
     )
     assert response.headers["content-type"].startswith("text/vtt")
-    captions = list(webvtt.from_buffer(io.StringIO(response.text)))
+    captions = webvtt.from_buffer(io.StringIO(response.text)).captions
     assert [c.text for c in captions] == ["Xin chào", "các bạn.", "Hôm nay", "trời đẹp."]
     assert [c.start for c in captions][:2] == ["00:00:00.000", "00:00:00.800"]
 

@@ -3,8 +3,6 @@ HTTP Range support, so a player can seek in a long file) and the set of URLs for
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -12,14 +10,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from smap_stt import service
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.links import job_links
 from smap_stt.api.ranges import RangeNotSatisfiable, parse_range
 from smap_stt.api.schemas import ErrorResponse, JobLinksResponse
-from smap_stt.blobs.base import BlobStore
-from smap_stt.errors import BackendUnavailable
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -55,14 +50,6 @@ def audio_media_type(key: str) -> str:
     return AUDIO_TYPES.get(PurePosixPath(key).suffix.lower(), "application/octet-stream")
 
 
-async def _stream(blobs: BlobStore, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
-    try:
-        async for block in blobs.read_range(key, offset, length):
-            yield block
-    except BackendUnavailable as exc:  # the status line is sent: all we can do is stop short
-        log.warning("audio %s: storage failed mid-stream (%s)", key, exc)
-
-
 @router.head("/{job_id}/audio", include_in_schema=False)
 @router.get(
     "/{job_id}/audio",
@@ -70,12 +57,12 @@ async def _stream(blobs: BlobStore, key: str, offset: int, length: int) -> Async
     responses={
         200: {"content": {"audio/*": {}}, "description": "The whole file"},
         206: {"content": {"audio/*": {}}, "description": "The requested byte range"},
-        **{code: {"model": ErrorResponse} for code in (404, 410, 416, 503)},
+        **{code: {"model": ErrorResponse} for code in (404, 410, 416, 422, 503)},
     },
     summary="The job's audio as uploaded (HTTP Range support for seeking)",
 )
 async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Response:
-    job = await backends.store.get(job_id)
+    job = await service.get_job(backends, job_id)
     if job.audio_deleted_at is not None:  # KEEP_AUDIO=false (issue 11)
         return JSONResponse(
             {
@@ -85,7 +72,7 @@ async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Respo
             },
             status_code=410,
         )
-    size = await backends.blobs.size(job.audio_key)
+    size = await service.audio_size(backends, job)
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(job.filename)}",
@@ -109,16 +96,16 @@ async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Respo
         return Response(status_code=status, media_type=media_type, headers=headers)
     if wanted is None:
         headers["Content-Length"] = str(size)
-        body = _stream(backends.blobs, job.audio_key, 0, size)
+        body = service.read_audio(backends, job, 0, size)
         return StreamingResponse(body, media_type=media_type, headers=headers)
     headers["Content-Length"] = str(wanted.length)
     headers["Content-Range"] = wanted.content_range(size)
-    body = _stream(backends.blobs, job.audio_key, wanted.start, wanted.length)
+    body = service.read_audio(backends, job, wanted.start, wanted.length)
     return StreamingResponse(body, status_code=206, media_type=media_type, headers=headers)
 
 
 LINK_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 503)
+    code: {"model": ErrorResponse} for code in (404, 422, 503)
 }
 
 
@@ -129,6 +116,6 @@ LINK_ERRORS: dict[int | str, dict[str, Any]] = {
     summary="URLs for the job's audio and transcript downloads, usable without a key header",
 )
 async def links(job_id: JobId, settings: SettingsDep, backends: BackendsDep) -> JobLinksResponse:
-    job = await backends.store.get(job_id)
+    job = await service.get_job(backends, job_id)
     made = job_links(settings, job.id)
     return JobLinksResponse(expires_at=made.expires_at, audio=made.audio, downloads=made.downloads)
