@@ -50,7 +50,7 @@ def client(svc: Service) -> Iterator[httpx.Client]:
     with svc.client() as client:
         yield client
         # Nothing a refused upload sent may stay behind: no spool file, no stored audio.
-        leftovers = [p for p in (svc.data_dir / "tmp" / "uploads").rglob("*") if p.is_file()]
+        leftovers = _spool_files(svc)
         assert leftovers == []
         jobs = client.get("/api/v1/tasks", params={"limit": 100}).json()["jobs"]
         stored = list((svc.data_dir / "blobs" / "uploads").glob("*"))
@@ -197,7 +197,7 @@ def test_unknown_job_is_404(client: httpx.Client) -> None:
 
 
 def test_bad_list_query_is_422(client: httpx.Client) -> None:
-    _assert_error(client.get("/api/v1/tasks", params={"limit": 1000}), 422, "limit")
+    _assert_error(client.get("/api/v1/tasks", params={"limit": 0}), 422, "limit")
     _assert_error(client.get("/api/v1/tasks", params={"status": "DONE"}), 422, "status")
 
 
@@ -246,7 +246,8 @@ def _field(name: str) -> bytes:
 
 
 def _spool_files(svc: Service) -> list[Path]:
-    return [p for p in (svc.data_dir / "tmp" / "uploads").rglob("*") if p.is_file()]
+    """Upload spool files of every process (each spools under TEMP_DIR/uploads-<pid>)."""
+    return [p for p in (svc.data_dir / "tmp").glob("uploads*/**/*") if p.is_file()]
 
 
 def _wait_spool_empty(svc: Service, timeout: float = 10) -> None:

@@ -120,7 +120,7 @@ async def test_unknown_job_is_404_everywhere(client: httpx.AsyncClient) -> None:
 
 
 async def test_bad_list_queries_are_422(client: httpx.AsyncClient) -> None:
-    _error(await client.get("/api/v1/tasks", params={"limit": 1000}), 422, "limit")
+    _error(await client.get("/api/v1/tasks", params={"limit": 0}), 422, "limit")
     _error(await client.get("/api/v1/tasks", params={"status": "DONE"}), 422, "status")
 
 
