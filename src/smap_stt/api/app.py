@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smap_stt import __version__, recovery
-from smap_stt.api.routes import media, ops, page, tasks
+from smap_stt.api.routes import asr, media, openai, ops, page, tasks
 from smap_stt.backends import Backends, make_backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -128,6 +128,8 @@ def create_app(
     app.include_router(page.router)
     app.mount("/web", page.static_files(), name="web")
     app.include_router(ops.router)  # /metrics (issue 11)
+    app.include_router(openai.router)  # dialects (issue 10)
+    app.include_router(asr.router)
     return app
 
 

@@ -243,8 +243,6 @@ async def receive_upload(
         filename = clean_filename(collector.filename or "")
         if raw_pcm:
             await asyncio.to_thread(_patch_wav_sizes, spool, collector.file_size)
-            if not filename.lower().endswith(".wav"):
-                filename = f"{filename}.wav"
         return Upload(
             filename=filename,
             path=spool,
