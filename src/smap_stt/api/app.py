@@ -71,7 +71,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if request.url.path.startswith("/v1/"):  # no /v1 route matched: OpenAI's shape too
+            headers = dict(exc.headers or {})
+            return openai.openai_error(exc.status_code, str(exc.detail), headers=headers)
         # Keep the exception's headers: a 405 must say which methods are allowed (`Allow`).
         return _error(exc.status_code, str(exc.detail), exc.headers)
 

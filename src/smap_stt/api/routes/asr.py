@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from smap_stt import dialects, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
+from smap_stt.api.schemas import ErrorResponse
 from smap_stt.api.upload import Upload, receive_upload, unlink_spool
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
@@ -58,7 +59,10 @@ def _error(status_code: int, detail: str, job: Job) -> JSONResponse:
     )
 
 
-router = APIRouter(tags=["whisper-asr-webservice"], route_class=AsrRoute)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 408, 409, 413, 415, 422, 500, 503, 504)
+}
+router = APIRouter(tags=["whisper-asr-webservice"], route_class=AsrRoute, responses=ERRORS)
 
 Encode = Annotated[
     bool,

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smap_stt import dialects, service
@@ -113,12 +114,34 @@ class OpenAIRoute(APIRoute):
         return handle
 
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIError} for code in (400, 404, 408, 409, 413, 500, 503, 504)
+}
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=ERRORS)
 
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255, description="Submit once (see the task API)"),
 ]
+
+
+TRANSCRIPT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The transcript, in the response_format asked for",
+        "content": {"application/json": {}, "text/plain": {}},
+    }
+}
 
 
 def _form(task: str) -> dict[str, Any]:
@@ -185,6 +208,7 @@ async def _run(
     summary="OpenAI-compatible transcription (waits for the job)",
     openapi_extra=_form("transcribe"),
     response_class=Response,
+    responses=TRANSCRIPT,
 )
 async def transcriptions(
     request: Request, settings: SettingsDep, backends: BackendsDep, key: IdempotencyKey = None
@@ -197,6 +221,7 @@ async def transcriptions(
     summary="OpenAI-compatible translation to English (waits for the job)",
     openapi_extra=_form("translate"),
     response_class=Response,
+    responses=TRANSCRIPT,
 )
 async def translations(
     request: Request, settings: SettingsDep, backends: BackendsDep, key: IdempotencyKey = None
