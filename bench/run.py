@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench.run [a b c d e f g] [--quick]` (all by default).
+"""Run the benchmarks: `python -m bench.run [a b c d e f g h] [--quick]` (all by default).
 Each prints a Markdown table; all are appended to .bench-data/results.md."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import bigupload, compression, ingest, long, overhead, throughput, verylong
+from bench import bigupload, compression, dialects, ingest, long, overhead, throughput, verylong
 
 BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "a": overhead.main,
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "e": bigupload.main,
     "f": verylong.main,
     "g": compression.main,
+    "h": dialects.main,
 }
 
 
