@@ -126,7 +126,7 @@ def openai_call(settings: Settings, raw: Mapping[str, str], *, task: str) -> Ope
         "model": model,
         "task": task,
         "word_timestamps": _flag("word" in granularities),
-        "temperature": repr(temperature),
+        "temperature": f"{temperature:.6f}".rstrip("0").rstrip(".") or "0",
     }
     if requested != model:
         fields["requested_model"] = requested

@@ -53,7 +53,7 @@ def test_openai_defaults_detect_the_language_and_map_whisper_1() -> None:
         "model": "base",
         "task": "transcribe",
         "word_timestamps": "false",
-        "temperature": "0.0",
+        "temperature": "0",
         "requested_model": "whisper-1",
     }
 
