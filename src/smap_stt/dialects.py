@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smap_stt import formats
+from smap_stt import formats, service
 from smap_stt.backends import Backends
-from smap_stt.config import Settings
 from smap_stt.errors import InvalidRequest
 from smap_stt.jobs import Job, JobStatus
 from smap_stt.stt.languages import LANGUAGES
@@ -35,8 +34,8 @@ __all__ = [
     "render_openai",
 ]
 
-WHISPER_1 = "whisper-1"
-"""OpenAI's model name; here it means WHISPER_MODEL."""
+WHISPER_1 = service.WHISPER_1
+"""OpenAI's model name; here it means WHISPER_MODEL (`service.parse_request` maps it)."""
 OPENAI_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 ASR_OUTPUTS = ("txt", "vtt", "srt", "tsv", "json")
@@ -61,11 +60,9 @@ class JobEnded(Exception):
 
 async def finished_document(backends: Backends, job: Job) -> dict[str, Any]:
     """The transcript document of a final job; JobEnded unless it COMPLETED."""
-    from smap_stt.service import load_result  # the service imports nothing of this module
-
     if job.status is not JobStatus.COMPLETED:
         raise JobEnded(job)
-    document = await load_result(backends, job)
+    document = await service.load_result(backends, job)
     if document is None:
         raise JobEnded(job)
     return document
@@ -87,7 +84,7 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def openai_call(settings: Settings, raw: Mapping[str, str], *, task: str) -> OpenAICall:
+def openai_call(raw: Mapping[str, str], *, task: str) -> OpenAICall:
     """Read an OpenAI form leniently, as real clients send it: `timestamp_granularities[]` or
     `timestamp_granularities`, repeated or comma separated; fields OpenAI has and we do not
     use (`stream` false, `include`, `chunking_strategy`, ...) and unknown ones are ignored."""
@@ -99,8 +96,7 @@ def openai_call(settings: Settings, raw: Mapping[str, str], *, task: str) -> Ope
         )
     if raw.get("stream", "").strip().lower() in ("true", "1"):
         raise ParamError("streaming is not supported; send stream=false", "stream")
-    requested = (raw.get("model") or WHISPER_1).strip()
-    model = settings.whisper_model if requested == WHISPER_1 else requested
+    model = (raw.get("model") or WHISPER_1).strip()
     granularities: list[str] = []
     for name in ("timestamp_granularities[]", "timestamp_granularities"):
         granularities += [part.strip() for part in raw.get(name, "").split(",") if part.strip()]
@@ -128,8 +124,6 @@ def openai_call(settings: Settings, raw: Mapping[str, str], *, task: str) -> Ope
         "word_timestamps": _flag("word" in granularities),
         "temperature": f"{temperature:.6f}".rstrip("0").rstrip(".") or "0",
     }
-    if requested != model:
-        fields["requested_model"] = requested
     if raw.get("prompt"):
         fields["initial_prompt"] = raw["prompt"]
     if raw.get("priority"):

@@ -35,6 +35,8 @@ from smap_stt.stt.local_models import available_models
 
 log = logging.getLogger(__name__)
 
+WHISPER_1 = "whisper-1"
+
 
 @dataclass
 class Upload:
@@ -137,7 +139,9 @@ async def parse_request(
     code = normalize_language(language)
     model = fields.get("model") or settings.whisper_model
     requested_model = None
-    aliased = settings.model_aliases.get(model)
+    # dialects (issue 10): OpenAI's model name means the default model on every door (the
+    # web page offers it from /v1/models), unless WHISPER_MODEL_ALIASES maps it elsewhere.
+    aliased = {WHISPER_1: settings.whisper_model, **settings.model_aliases}.get(model)
     if aliased is not None and aliased != model:
         requested_model, model = model, aliased
     models = await asyncio.to_thread(available_models, settings.whisper_models_dir)
@@ -381,7 +385,7 @@ def backend_names(backends: Backends) -> dict[str, str]:
 
 RESULT_PREFIX = "results/"  # the worker's result_key(); not imported: the worker loads the model
 # Job fields that change what the transcript says: two jobs agreeing on all of them (and on the
-# file's bytes) have the same transcript. getattr: some come with the outputs issue.
+# file's bytes) have the same transcript.
 TRANSCRIPT_OPTIONS = (
     "language",
     "model",
@@ -455,9 +459,7 @@ async def _finished_twin(backends: Backends, job: Job) -> Job | None:
     for other in await backends.store.by_content(job.content_sha256):
         if other.status is not JobStatus.COMPLETED or other.result_key is None:
             continue
-        if all(
-            getattr(other, name, None) == getattr(job, name, None) for name in TRANSCRIPT_OPTIONS
-        ):
+        if all(getattr(other, name) == getattr(job, name) for name in TRANSCRIPT_OPTIONS):
             return other
     return None
 
@@ -483,6 +485,7 @@ async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job
     if job.callback_url:  # final at once: its webhook is due now (issue 11)
         job.webhook_next_at = now
     job.language_probability = twin.language_probability
+    job.chunks_total = job.chunks_completed = twin.chunks_total
     data = await asyncio.to_thread(lambda: json.dumps(document, ensure_ascii=False).encode())
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
     try:

@@ -12,7 +12,6 @@ import pytest
 
 from smap_stt import dialects
 from smap_stt.api.upload import wav_header
-from smap_stt.config import Settings
 
 DOCUMENT: dict[str, Any] = {
     "job_id": "j1",
@@ -41,20 +40,15 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
-def settings() -> Settings:
-    return Settings(whisper_model="base")
-
-
 def test_openai_defaults_detect_the_language_and_map_whisper_1() -> None:
-    call = dialects.openai_call(settings(), {"model": "whisper-1"}, task="transcribe")
+    call = dialects.openai_call({"model": "whisper-1"}, task="transcribe")
     assert call.response_format == "json" and call.granularities == ("segment",)
     assert call.fields == {
         "language": "auto",
-        "model": "base",
+        "model": "whisper-1",  # the service maps it to WHISPER_MODEL, recording the name
         "task": "transcribe",
         "word_timestamps": "false",
         "temperature": "0",
-        "requested_model": "whisper-1",
     }
 
 
@@ -67,17 +61,17 @@ def test_openai_defaults_detect_the_language_and_map_whisper_1() -> None:
     ],
 )
 def test_openai_granularities_in_every_spelling(raw: dict[str, str]) -> None:
-    call = dialects.openai_call(settings(), {**raw, "unknown": "x"}, task="transcribe")
+    call = dialects.openai_call({**raw, "unknown": "x"}, task="transcribe")
     assert set(call.granularities) == {"word", "segment"}
     assert call.fields["word_timestamps"] == "true"
 
 
 def test_openai_options_pass_through_and_translation_ignores_language() -> None:
     raw = {"model": "base", "prompt": "Kenobi", "temperature": "0.4", "language": "vi"}
-    call = dialects.openai_call(settings(), raw, task="transcribe")
+    call = dialects.openai_call(raw, task="transcribe")
     assert call.fields["initial_prompt"] == "Kenobi" and call.fields["temperature"] == "0.4"
-    assert call.fields["language"] == "vi" and "requested_model" not in call.fields
-    translation = dialects.openai_call(settings(), raw, task="translate")
+    assert call.fields["language"] == "vi" and call.fields["model"] == "base"
+    translation = dialects.openai_call(raw, task="translate")
     assert translation.fields["task"] == "translate" and translation.fields["language"] == "auto"
 
 
@@ -94,13 +88,13 @@ def test_openai_options_pass_through_and_translation_ignores_language() -> None:
 )
 def test_openai_bad_parameters_name_the_parameter(raw: dict[str, str], param: str) -> None:
     with pytest.raises(dialects.ParamError) as error:
-        dialects.openai_call(settings(), raw, task="transcribe")
+        dialects.openai_call(raw, task="transcribe")
     assert error.value.param == param and error.value.status_code == 400
 
 
 def test_openai_bodies() -> None:
     def call(fmt: str, **raw: str) -> dialects.OpenAICall:
-        return dialects.openai_call(settings(), {"response_format": fmt, **raw}, task="transcribe")
+        return dialects.openai_call({"response_format": fmt, **raw}, task="transcribe")
 
     plain = json.loads(dialects.render_openai(DOCUMENT, call("json")).body)
     assert plain == {

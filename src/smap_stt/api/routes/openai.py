@@ -190,7 +190,7 @@ async def _run(
         idle_timeout=settings.upload_idle_timeout,
     )
     try:
-        call = dialects.openai_call(settings, upload.fields, task=task)
+        call = dialects.openai_call(upload.fields, task=task)
         upload.fields = call.fields
         submission = await service.submit_once(
             settings, backends, upload, idempotency_key=idempotency_key
