@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -561,3 +562,17 @@ async def wait_for(backends: Backends, job: Job, *, seconds: float) -> Job:
         delay = min(delay * 1.5, 1.0)
         job = await backends.store.get(job.id)
     return job
+
+
+async def model_catalog(settings: Settings, backends: Backends) -> dict[str, int]:
+    """Every model a job may ask for (local, bundled or in the bucket), with the Unix time its
+    directory was made (0 when it is not on this machine): what /v1/models lists."""
+    names = await bucket_models.all_models(backends.blobs, settings.whisper_models_dir)
+
+    def created(name: str) -> int:
+        try:
+            return int(os.stat(settings.whisper_models_dir / name).st_mtime)
+        except OSError:
+            return 0
+
+    return await asyncio.to_thread(lambda: {name: created(name) for name in names})

@@ -23,10 +23,11 @@ from fastapi.routing import APIRoute
 from smap_stt import dialects, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import ErrorResponse
-from smap_stt.api.upload import Upload, receive_upload, unlink_spool
+from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.jobs import Job
+from smap_stt.service import Upload
 
 ENGINE = "faster_whisper"
 

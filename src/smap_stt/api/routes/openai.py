@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -28,7 +27,6 @@ from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
-from smap_stt.stt import registry
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +228,10 @@ async def translations(
 
 
 async def _models(settings: Settings, backends: Any) -> list[dict[str, Any]]:
-    names = await registry.all_models(backends.blobs, settings.whisper_models_dir)
-
-    def created(name: str) -> int:
-        try:
-            return int(os.stat(settings.whisper_models_dir / name).st_mtime)
-        except OSError:
-            return 0
-
-    stamps = await asyncio.to_thread(lambda: {name: created(name) for name in names})
+    stamps = await service.model_catalog(settings, backends)
     entries = [
-        {"id": name, "object": "model", "created": stamps[name], "owned_by": "smap-stt"}
-        for name in names
+        {"id": name, "object": "model", "created": created, "owned_by": "smap-stt"}
+        for name, created in stamps.items()
     ]
     alias = {
         "id": WHISPER_1,
