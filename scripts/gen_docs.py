@@ -45,6 +45,24 @@ GROUPS = [
             "blob_dir",
         ],
     ),
+    (
+        "Security and limits (docs/SECURITY.md)",
+        [
+            "auth",
+            "url_signing_secret",
+            "signed_url_seconds",
+            "metrics_token",
+            "cors_origins",
+            "trusted_hosts",
+            "rate_limit_per_minute",
+            "upload_mb_per_hour",
+            "max_pending_jobs_per_key",
+            "max_pending_jobs",
+            "upload_deadline_seconds",
+            "max_concurrent_uploads",
+            "max_audio_duration_seconds",
+        ],
+    ),
 ]
 
 

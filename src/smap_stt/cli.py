@@ -319,6 +319,58 @@ def _cleanup(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+# --- issue 12 (security): API keys -----------------------------------------------------------
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> None:
+    asyncio.run(_keys_command(settings, args))
+
+
+async def _keys_command(settings: Settings, args: argparse.Namespace) -> None:
+    from smap_stt.backends import make_store
+    from smap_stt.errors import InvalidRequest
+    from smap_stt.jobs import utcnow
+    from smap_stt.keys import new_key
+
+    store = make_store(settings)
+    await store.open()
+    try:
+        if args.action == "create":
+            if not args.name:
+                raise InvalidRequest("give the key a name: smap-stt keys create NAME")
+            if args.max_priority is not None and not 0 <= args.max_priority <= 10:
+                raise InvalidRequest("--max-priority must be from 0 to 10")
+            key, record = new_key(args.name, admin=args.admin, max_priority=args.max_priority)
+            await store.insert_key(record)
+            kind = "admin key" if record.admin else "key"
+            print(
+                f"created {kind} {record.id} ({record.name}, max priority "
+                f"{record.max_priority}); the key, shown this once (store it now):",
+                file=sys.stderr,
+            )
+            print(key)  # alone on stdout: KEY=$(smap-stt keys create NAME)
+        elif args.action == "revoke":
+            if not args.name:
+                raise InvalidRequest("say which key: smap-stt keys revoke ID")
+            revoked = await store.revoke_key(args.name, utcnow())
+            if revoked is None:
+                raise InvalidRequest(f"no key with id {args.name!r} (see smap-stt keys list)")
+            print(f"revoked key {revoked.id} ({revoked.name})")
+        else:
+            keys = await store.list_keys()
+            if not keys:
+                print("no API keys: the API is open (AUTH=auto); create one to lock it")
+            for record in keys:
+                state = (
+                    f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "active"
+                )
+                role = "admin" if record.admin else f"max priority {record.max_priority}"
+                created = f"{record.created_at:%Y-%m-%d}"
+                print(f"{record.id}  {record.name}  {role}  {state}  created {created}")
+    finally:
+        await store.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smap-stt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -369,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would go")
     cleanup.set_defaults(run=_cleanup)
+    keys = commands.add_parser(
+        "keys", help="create, list or revoke API keys (AUTH=auto requires them once one exists)"
+    )
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("name", nargs="?", default="", help="name of a new key, or id to revoke")
+    keys.add_argument("--admin", action="store_true", help="sees and manages every job")
+    keys.add_argument(
+        "--max-priority", type=int, default=None, help="highest priority it may ask (default 5)"
+    )
+    keys.set_defaults(run=_keys)
     from smap_stt import client  # HTTP only: imports nothing of the server
 
     client.add_commands(commands)
@@ -418,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(
             settings,
             stream=sys.stderr
-            if args.command in ("transcribe", "models", "queue", "webhooks", "cleanup")
+            if args.command in ("transcribe", "models", "queue", "webhooks", "cleanup", "keys")
             else sys.stdout,
         )
         args.run(settings, args)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import quote
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -184,6 +184,60 @@ class Settings(BaseSettings):
         description="Completed jobs whose speed (processing s per audio s) estimates eta_seconds.",
     )
 
+    # Security and limits (issue 12); docs/SECURITY.md says what each one protects
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="API keys: auto = required once a key exists (`smap-stt keys create`), "
+        "on = always required, off = ignored.",
+    )
+    url_signing_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Secret for signed audio/download links (empty: a random one kept in the "
+        "job store, shared by every API process).",
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token /metrics requires (empty: /metrics is open, as Prometheus "
+        "scrapes it without a key).",
+    )
+    signed_url_seconds: int = Field(
+        3600, ge=60, le=7 * 86400, description="Lifetime of signed audio/download links."
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma separated origins allowed to call the API from a browser "
+        "(empty: none but the API's own).",
+    )
+    trusted_hosts: str = Field(
+        "",
+        description="Comma separated host names the API answers to (empty: any); also lets "
+        "download_url use the request's host when PUBLIC_BASE_URL is empty.",
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="Requests per minute per API key (0: no limit)."
+    )
+    upload_mb_per_hour: int = Field(
+        20000, ge=0, description="Upload megabytes per hour per API key (0: no limit)."
+    )
+    max_pending_jobs_per_key: int = Field(
+        1000, ge=0, description="Jobs one API key may have waiting (0: no limit)."
+    )
+    max_pending_jobs: int = Field(
+        10000, ge=0, description="Jobs that may wait in total before uploads get 503 (0: no limit)."
+    )
+    upload_deadline_seconds: float = Field(
+        3600, gt=0, description="Longest an upload may take from start to end (408 after)."
+    )
+    max_concurrent_uploads: int = Field(
+        64, ge=1, description="Uploads one API process receives at once (503 beyond)."
+    )
+    max_audio_duration_seconds: float = Field(
+        4 * 3600,
+        gt=0,
+        description="Longest audio accepted (422 at upload; the worker checks the decoded "
+        "length too).",
+    )
+
     # Whisper
     whisper_model: str = Field("base", description="Default model name.")
     whisper_models_dir: Path = Field(Path("models"), description="Installed model directories.")
@@ -308,6 +362,16 @@ class Settings(BaseSettings):
     def model_aliases(self) -> dict[str, str]:
         """WHISPER_MODEL_ALIASES as a mapping: requested name → model to use."""
         return _parse_aliases(self.whisper_model_aliases)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [
+            origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()
+        ]
+
+    @property
+    def trusted_host_list(self) -> list[str]:
+        return [host.strip() for host in self.trusted_hosts.split(",") if host.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

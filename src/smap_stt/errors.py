@@ -55,6 +55,10 @@ class AudioTooShort(AudioError):
     """The file decodes, but to (almost) no sound."""
 
 
+class AudioRejected(AudioError):
+    """The file is audio, but not one we take: too long, or streams no recording has (422)."""
+
+
 class ModelNotFound(SttError):
     """The requested Whisper model is not installed and cannot be fetched."""
 

@@ -143,6 +143,10 @@ class Job:
     chunks_total: int = 0
     chunks_completed: int = 0
 
+    # --- security (issue 12) ---
+    owner: str | None = None
+    """The id of the API key that made the job; None when it was made while the API was open."""
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -172,6 +176,12 @@ def give_up_reason(job: Job, max_attempts: int, why: str) -> str | None:
     if job.attempts < max_attempts:
         return None
     return f"gave up after {job.attempts} attempts: {why}"
+
+
+def result_key(job_id: str) -> str:
+    """Where the worker stores a job's transcript document (known without the job row, so a
+    transcript written by an attempt that lost its job can still be found and removed)."""
+    return f"results/{job_id}.json"
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ async def apply_retention(
 ) -> RetentionReport:
     """Delete (or, `dry_run`, count) the final jobs past their retention period."""
     from smap_stt import service
+    from smap_stt.keys import OPEN  # retention acts for the operator: every owner's jobs
 
     report = RetentionReport()
     for status in sorted(FINAL_STATES):
@@ -83,7 +84,7 @@ async def apply_retention(
                 )
                 for job in jobs:
                     try:
-                        await service.delete_job(backends, job.id)
+                        await service.delete_job(backends, job.id, principal=OPEN)
                     except (JobNotFound, InvalidRequest):
                         continue  # deleted meanwhile by someone else
                     count += 1

@@ -22,6 +22,7 @@ from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
     AudioError,
+    AudioRejected,
     AudioTooShort,
     BackendUnavailable,
     DuplicateIdempotencyKey,
@@ -29,7 +30,8 @@ from smap_stt.errors import (
     JobConflict,
     JobNotFound,
 )
-from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
+from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, result_key, utcnow
+from smap_stt.keys import OPEN, Principal
 from smap_stt.stt import audio, bucket_models
 from smap_stt.stt.languages import normalize_language
 from smap_stt.stt.local_models import available_models
@@ -134,7 +136,7 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
 
 
 async def parse_request(
-    settings: Settings, backends: Backends, fields: dict[str, str]
+    settings: Settings, backends: Backends, fields: dict[str, str], *, principal: Principal = OPEN
 ) -> JobRequest:
     language = fields.get("language") or settings.default_language
     code = normalize_language(language)
@@ -155,6 +157,10 @@ async def parse_request(
     priority = int(raw_priority) if re.fullmatch(r"[0-9]{1,2}", raw_priority) else -1
     if not 0 <= priority <= 10:
         raise InvalidRequest(f"priority must be a whole number from 0 to 10, not {raw_priority!r}")
+    if priority > principal.max_priority:
+        raise InvalidRequest(
+            f"priority {priority} is above this API key's maximum of {principal.max_priority}"
+        )
     return JobRequest(
         language=code or "auto",
         model=model,
@@ -165,20 +171,28 @@ async def parse_request(
 
 
 async def submit(
-    settings: Settings, backends: Backends, upload: Upload, *, idempotency_key: str | None = None
+    settings: Settings,
+    backends: Backends,
+    upload: Upload,
+    *,
+    principal: Principal,
+    idempotency_key: str | None = None,
 ) -> Job:
-    """Turn a received upload into a queued job. The audio is stored and the job recorded
-    before publishing; if the broker is down the job waits in the outbox (published=False)
-    and the outbox sweep (smap_stt.recovery) publishes it once the broker answers.
+    """Turn a received upload into a queued job owned by `principal`'s key. The audio is
+    stored and the job recorded before publishing; if the broker is down the job waits in the
+    outbox (published=False) and the recovery loop publishes it once the broker answers.
 
     `idempotency_key` (already scoped, see `submit_once`) is stored with the job under a
     unique index: a second job with the key raises DuplicateIdempotencyKey."""
-    request = await parse_request(settings, backends, upload.fields)
+    request = await parse_request(settings, backends, upload.fields, principal=principal)
     try:
         info = await asyncio.to_thread(
-            audio.probe, upload.path, min_seconds=settings.min_audio_seconds
+            audio.probe,
+            upload.path,
+            min_seconds=settings.min_audio_seconds,
+            max_seconds=settings.max_audio_duration_seconds,
         )
-    except AudioTooShort as exc:
+    except (AudioTooShort, AudioRejected) as exc:
         raise InvalidRequest(str(exc), status_code=422) from None
     except AudioError as exc:
         raise InvalidRequest(str(exc), status_code=415) from None
@@ -212,6 +226,7 @@ async def submit(
         # operations (issue 11)
         callback_url=callback_url,
         webhook_delivery_id=str(uuid.uuid4()) if callback_url else None,
+        owner=principal.key_id,  # security (issue 12)
     )
     if settings.dedup and upload.sha256:
         twin = await _finished_twin(backends, job)
@@ -245,23 +260,30 @@ async def submit(
     return job
 
 
-async def get_job(backends: Backends, job_id: str) -> Job:
-    return await backends.store.get(job_id)
+async def get_job(backends: Backends, job_id: str, *, principal: Principal) -> Job:
+    """The job, if `principal` may see it (another key's job is JobNotFound, issue 12)."""
+    return await backends.store.get(job_id, owner=principal.owner_filter)
 
 
 async def list_jobs(
-    backends: Backends, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
+    backends: Backends,
+    *,
+    principal: Principal,
+    status: JobStatus | None = None,
+    limit: int = 20,
+    offset: int = 0,
 ) -> tuple[list[Job], int]:
-    """A page of jobs, newest first, and how many there are in all."""
+    """A page of the jobs `principal` may see, newest first, and how many there are in all."""
+    owner = principal.owner_filter
     jobs, total = await asyncio.gather(
-        backends.store.list(status=status, limit=limit, offset=offset),
-        backends.store.count(status=status),
+        backends.store.list(status=status, limit=limit, offset=offset, owner=owner),
+        backends.store.count(status=status, owner=owner),
     )
     return jobs, total
 
 
-async def cancel_job(backends: Backends, job_id: str) -> Job:
-    return await backends.store.cancel(job_id)
+async def cancel_job(backends: Backends, job_id: str, *, principal: Principal) -> Job:
+    return await backends.store.cancel(job_id, owner=principal.owner_filter)
 
 
 async def callback_from(settings: Settings, fields: dict[str, str]) -> str | None:
@@ -292,9 +314,11 @@ async def result_url(backends: Backends, job: Job) -> str | None:
     return await backends.blobs.presigned_url(job.result_key)
 
 
-async def result_bytes(backends: Backends, job_id: str) -> tuple[Job, bytes]:
+async def result_bytes(
+    backends: Backends, job_id: str, *, principal: Principal
+) -> tuple[Job, bytes]:
     """The stored transcript document of a COMPLETED job (JobConflict otherwise)."""
-    job = await backends.store.get(job_id)
+    job = await backends.store.get(job_id, owner=principal.owner_filter)
     if job.status is not JobStatus.COMPLETED or job.result_key is None:
         raise JobConflict(f"job {job_id} is {job.status.value}; there is no transcript to download")
     return job, await backends.blobs.get_bytes(job.result_key)
@@ -308,9 +332,10 @@ async def render_result(
     max_line_width: int | None = None,
     max_line_count: int | None = None,
     highlight_words: bool = False,
+    principal: Principal,
 ) -> tuple[Job, formats.Rendered]:
     """A COMPLETED job's transcript rendered as `fmt` (JobConflict naming the state otherwise)."""
-    job = await backends.store.get(job_id)
+    job = await backends.store.get(job_id, owner=principal.owner_filter)
     if job.status is not JobStatus.COMPLETED or job.result_key is None:
         raise JobConflict(
             f"job {job_id} is {job.status.value}; the {fmt} transcript exists once it is COMPLETED"
@@ -343,12 +368,26 @@ async def read_audio(
         log.warning("audio %s: storage failed mid-stream (%s)", job.audio_key, exc)
 
 
-async def delete_job(backends: Backends, job_id: str) -> Job:
-    job = await backends.store.delete(job_id)
-    for key in (job.audio_key, job.result_key):
-        if key:
-            await backends.blobs.delete(key)
+async def delete_job(backends: Backends, job_id: str, *, principal: Principal) -> Job:
+    """Delete a final job (one guarded step: of concurrent deletes one wins, the others get
+    404) and every file it has: the audio, the transcript (also when the row never recorded
+    it: a job cancelled as it finished) and its checkpoints."""
+    job = await backends.store.delete(job_id, owner=principal.owner_filter)
+    keys = {job.audio_key, job.result_key, result_key(job.id)}
+    for key in sorted(key for key in keys if key):
+        await backends.blobs.delete(key)
     return job
+
+
+def public_url(settings: Settings, path: str, request_base: str) -> str:
+    """An absolute URL from PUBLIC_BASE_URL; from the request's own base only when
+    TRUSTED_HOSTS vouched for its Host header; else the path alone (a client resolves it
+    against the URL it called). Never built from an unchecked Host header."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + path
+    if settings.trusted_host_list:
+        return request_base.rstrip("/") + path
+    return path
 
 
 async def health(backends: Backends) -> dict[str, str]:
@@ -384,7 +423,6 @@ def backend_names(backends: Backends) -> dict[str, str]:
 
 # --- dialects (issue 10): submit once, DEDUP, where a job stands, waiting for a job -----------
 
-RESULT_PREFIX = "results/"  # the worker's result_key(); not imported: the worker loads the model
 # Job fields that change what the transcript says: two jobs agreeing on all of them (and on the
 # file's bytes) have the same transcript.
 TRANSCRIPT_OPTIONS = (
@@ -409,8 +447,8 @@ class Submission:
 
 def scoped_key(key: str, owner: str | None = None) -> str:
     """The stored form of an Idempotency-Key: keys are per owner, so two tenants using the same
-    key get two jobs. `owner` is the API key id once authentication exists (issue 12); until
-    then all keys share one scope."""
+    key get two jobs. `owner` is the API key id (issue 12); jobs made while the API is open
+    share one scope."""
     key = key.strip()
     if not key or len(key) > 255 or not key.isprintable():
         raise InvalidRequest(
@@ -424,20 +462,21 @@ async def submit_once(
     backends: Backends,
     upload: Upload,
     *,
+    principal: Principal,
     idempotency_key: str | None = None,
-    owner: str | None = None,
 ) -> Submission:
     """`submit`, at most once per Idempotency-Key: the same key with the same file (by
     sha256) returns the job made first; with another file it is refused (409). Concurrent
     uploads with one key race on the store's unique index, in any number of API processes:
     one creates the job, the others find it and return it."""
     if idempotency_key is None:
-        return Submission(await submit(settings, backends, upload), created=True)
-    key = scoped_key(idempotency_key, owner)
+        job = await submit(settings, backends, upload, principal=principal)
+        return Submission(job, created=True)
+    key = scoped_key(idempotency_key, principal.key_id)
     existing = await backends.store.by_idempotency_key(key)
     if existing is None:
         try:
-            job = await submit(settings, backends, upload, idempotency_key=key)
+            job = await submit(settings, backends, upload, principal=principal, idempotency_key=key)
             return Submission(job, created=True)
         except DuplicateIdempotencyKey:
             existing = await backends.store.by_idempotency_key(key)
@@ -455,10 +494,14 @@ async def submit_once(
 
 
 async def _finished_twin(backends: Backends, job: Job) -> Job | None:
-    """A COMPLETED job with the same file bytes and the same transcript options, if any."""
+    """A COMPLETED job of the same owner with the same file bytes and the same transcript
+    options, if any. Never another tenant's: an instant result would tell that someone else
+    uploaded this very file (issue 12)."""
     assert job.content_sha256 is not None
     for other in await backends.store.by_content(job.content_sha256):
         if other.status is not JobStatus.COMPLETED or other.result_key is None:
+            continue
+        if other.owner != job.owner:
             continue
         if all(getattr(other, name) == getattr(job, name) for name in TRANSCRIPT_OPTIONS):
             return other
@@ -480,7 +523,7 @@ async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job
     job.detected_language = twin.detected_language
     job.duration_seconds = twin.duration_seconds
     job.processing_time_seconds = 0.0
-    job.result_key = f"{RESULT_PREFIX}{job.id}.json"
+    job.result_key = result_key(job.id)
     job.deduplicated_from = twin.id
     job.started_at = job.completed_at = now
     if job.callback_url:  # final at once: its webhook is due now (issue 11)

@@ -1,6 +1,7 @@
 """Schemathesis fuzzes the API described by docs/openapi.json against a real `serve`: no input
 it can make may get a 5xx, and every answer must match the documented status codes, content
-types and schemas (405s must name the allowed methods).
+types and schemas (405s must name the allowed methods). It sends an API key (issue 12), so it
+reaches every operation past authentication, and checks that requests without one get 401.
 
 Deterministic (`--generation-deterministic`: no random seed, no example database) and bounded
 (a fixed number of examples per operation, a hard subprocess timeout); about 15 s here.
@@ -18,22 +19,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Clip, _delete_topology
-from tests.procs import ROOT, Service, base_env, free_port, upload, wait_final
+from tests.procs import ROOT, SMAP_STT, Service, base_env, free_port, upload, wait_final
 
 SCHEMA = ROOT / "docs" / "openapi.json"
 # Valid-by-schema uploads that are not audio are refused with 415/422 on purpose: the schema
 # cannot say "must decode as audio", so schemathesis' positive-data check does not apply.
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    service = Service(base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=2), data_dir, port)
+    env = base_env(data_dir, API_PORT=port, MAX_UPLOAD_SIZE_MB=2, RATE_LIMIT_PER_MINUTE=100000)
+    service = Service(env, data_dir, port)
     try:  # a serve that fails to come up is stopped too, not left running
         service.start("serve")
+        created = subprocess.run(
+            [*SMAP_STT, "keys", "create", "fuzz", "--max-priority", "10"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        service.env["TEST_API_KEY"] = created.stdout.strip()
         yield service
     finally:
         service.stop_all()
@@ -54,6 +65,8 @@ def _schemathesis(svc: Service, *args: str, config: Path | None = None, examples
         "--url",
         svc.url,
         *CHECKS,
+        "--header",
+        f"Authorization: Bearer {svc.env['TEST_API_KEY']}",
         "--max-examples",
         str(examples),
         "--generation-deterministic",
@@ -67,7 +80,7 @@ def _schemathesis(svc: Service, *args: str, config: Path | None = None, examples
     ]
     log_before = len(svc.procs[0].log())
     done = subprocess.run(
-        command, cwd=svc.data_dir, capture_output=True, text=True, timeout=150, check=False
+        command, cwd=svc.data_dir, capture_output=True, text=True, timeout=300, check=False
     )
     server_log = svc.procs[0].log()[log_before:]
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
@@ -96,6 +109,7 @@ def test_fuzz_operations_on_a_real_job(svc: Service, tiny_clip: Clip, tmp_path: 
     """With a completed job's id the fuzzer reaches the real answers (result, transcript
     download, 409 on cancel) instead of 404 only."""
     with svc.client() as client:
+        client.headers["Authorization"] = f"Bearer {svc.env['TEST_API_KEY']}"
         job_id = upload(client, tiny_clip.path, language="en")
         assert wait_final(client, job_id)["status"] == "COMPLETED"
     config = tmp_path / "schemathesis.toml"

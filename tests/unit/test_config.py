@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from smap_stt.config import Settings, split_setting
 
@@ -25,6 +25,8 @@ _CHANGED: dict[str, tuple[str, object]] = {
     "retention_failed_days": ("7", 7.0),
     "retention_cancelled_days": ("1.5", 1.5),
     "whisper_model_aliases": ("medium=base,large=base", "medium=base,large=base"),
+    "url_signing_secret": ("changed-secret", SecretStr("changed-secret")),  # issue 12
+    "metrics_token": ("changed-token", SecretStr("changed-token")),
 }
 
 

@@ -245,14 +245,12 @@ def test_audio_is_served_with_range_support(
     assert "starts at byte" in beyond.json()["detail"]
 
     job = state["job_id"]
-    assert links == {
-        "expires_at": None,
-        "audio": f"/api/v1/tasks/{job}/audio",
-        "downloads": {
-            fmt: f"/api/v1/tasks/{job}/download?format={fmt}"
-            for fmt in ("txt", "srt", "vtt", "tsv", "json")
-        },
-    }
+    signed = r"expires=[0-9]+&signature=[0-9a-f]{64}"  # issue 12: signed, short-lived
+    assert links["expires_at"] is not None
+    assert re.fullmatch(rf"/api/v1/tasks/{job}/audio\?{signed}", links["audio"])
+    assert sorted(links["downloads"]) == sorted(("txt", "srt", "vtt", "tsv", "json"))
+    for fmt, link in links["downloads"].items():
+        assert re.fullmatch(rf"/api/v1/tasks/{job}/download\?format={fmt}&{signed}", link)
     assert missing.status_code == 404
 
 

@@ -18,7 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smap_stt import __version__, recovery
+from smap_stt import __version__, limits, recovery
+from smap_stt.api import auth
 from smap_stt.api.routes import asr, media, openai, ops, page, tasks
 from smap_stt.backends import Backends, make_backends
 from smap_stt.config import Settings
@@ -43,7 +44,11 @@ def _error(status_code: int, detail: str, headers: Mapping[str, str] | None = No
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(exc.status_code, str(exc))
+        headers: dict[str, str] = dict(getattr(exc, "headers", None) or {})
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:  # limits.Refused: 429/503 say when to come back
+            headers["Retry-After"] = str(retry_after)
+        return _error(exc.status_code, str(exc), headers or None)
 
     @app.exception_handler(JobConflict)
     async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
@@ -101,6 +106,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backends.open()
+        reminder = asyncio.create_task(auth.warn_while_open(settings, backends))
         if worker is not None:
             await recovery.requeue_after_restart(backends.store, max_attempts=settings.max_attempts)
             await worker.start()
@@ -111,6 +117,7 @@ def create_app(
             if worker is not None:
                 await worker.stop()
             sweeps.cancel()
+            reminder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeps
             await backends.close()
@@ -121,10 +128,13 @@ def create_app(
         description="Self-hosted speech-to-text jobs: upload audio, poll status, fetch the "
         "transcript.",
         lifespan=lifespan,
+        dependencies=[auth.AUTHENTICATE],  # every route; `openapi_extra=auth.PUBLIC` opens one
     )
     app.state.settings = settings
     app.state.backends = backends
+    app.state.upload_slots = limits.UploadSlots(settings.max_concurrent_uploads)
     _add_error_handlers(app)
+    auth.install(app, settings)
     app.include_router(tasks.router)
     # The web page and what it fetches (issue 13).
     app.include_router(media.router)

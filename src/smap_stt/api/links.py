@@ -5,9 +5,10 @@ HMAC in the query) is a change here and in the auth layer only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from smap_stt.config import Settings
+from smap_stt.keys import sign_url
 
 __all__ = ["DOWNLOAD_FORMATS", "JobLinks", "job_links"]
 
@@ -24,11 +25,16 @@ class JobLinks:
     downloads: dict[str, str]
 
 
-def job_links(settings: Settings, job_id: str) -> JobLinks:
-    """`settings` is unused until the URLs are signed with the server's secret."""
+def job_links(settings: Settings, job_id: str, *, secret: bytes) -> JobLinks:
+    """The links, signed with `secret` for SIGNED_URL_SECONDS (issue 12): the auth layer
+    accepts the signature instead of a key on exactly these GET routes."""
     base = f"/api/v1/tasks/{job_id}"
+    lifetime = settings.signed_url_seconds
+    audio, expires = sign_url(secret, f"{base}/audio", lifetime=lifetime)
+    downloads = {
+        fmt: sign_url(secret, f"{base}/download?format={fmt}", lifetime=lifetime)[0]
+        for fmt in DOWNLOAD_FORMATS
+    }
     return JobLinks(
-        expires_at=None,
-        audio=f"{base}/audio",
-        downloads={fmt: f"{base}/download?format={fmt}" for fmt in DOWNLOAD_FORMATS},
+        expires_at=datetime.fromtimestamp(expires, UTC), audio=audio, downloads=downloads
     )

@@ -199,6 +199,7 @@ class HealthResponse(BaseModel):
     status: str = Field(description="healthy or unhealthy")
     services: dict[str, str]
     backends: dict[str, str]
+    auth: str = Field("off", description="on: API keys are required; off: the API is open")
 
 
 class ErrorResponse(BaseModel):

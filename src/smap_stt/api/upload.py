@@ -32,8 +32,8 @@ MAX_BOUNDARY = 256  # python-multipart's limit; RFC 2046 allows 70
 def clean_filename(raw: str) -> str:
     """Keep the name a client gave, minus any path and control characters."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    return name[:255] or "upload"
+    name = "".join(ch for ch in name if ch.isprintable())[:255].strip()
+    return name if name not in ("", ".", "..") else "upload"
 
 
 # dialects (issue 10): `encode=false` bodies are headerless 16 kHz mono s16le PCM.

@@ -12,6 +12,7 @@ from typing import Any
 
 from smap_stt.errors import JobConflict, JobNotFound
 from smap_stt.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobStatus, sources, utcnow
+from smap_stt.keys import ApiKey
 
 __all__ = ["JobStore"]
 
@@ -44,8 +45,10 @@ class JobStore(ABC):
         published: bool | None = None,
         updated_before: datetime | None = None,
         offset: int = 0,
+        owner: str | None = None,
     ) -> list[Job]:
-        """Jobs matching every given filter, by `created_at` (then id), skipping `offset`."""
+        """Jobs matching every given filter (`owner` None: any owner), by `created_at` (then
+        id), skipping `offset`."""
 
     @abstractmethod
     async def _update(
@@ -66,12 +69,16 @@ class JobStore(ABC):
 
     @abstractmethod
     async def _count(
-        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        ahead_of: Job | None = None,
+        owner: str | None = None,
     ) -> tuple[int, float]:
         """How many jobs match, and the audio seconds they have left to transcribe (known
         `duration_seconds` × (100 − progress) / 100; unknown durations count 0). With
         `ahead_of`: only jobs that run before it (higher priority, or the same priority and
-        created earlier)."""
+        created earlier). With `owner` (issue 12): only that owner's jobs."""
 
     @abstractmethod
     async def _find_equal(self, name: str, value: str, *, limit: int) -> list[Job]:
@@ -82,6 +89,42 @@ class JobStore(ABC):
     async def _speed_samples(self, limit: int) -> list[tuple[float, float]]:
         """(processing_time_seconds, duration_seconds) of the latest `limit` COMPLETED jobs
         that were transcribed (not deduplicated), most recently completed first."""
+
+    # --- issue 12 (security): primitives for tenants, keys, secrets and limits ---------------
+
+    @abstractmethod
+    async def _delete_if(
+        self, job_id: str, *, statuses: Collection[JobStatus], owner: str | None
+    ) -> Job | None:
+        """Atomically delete the job if its status is in `statuses` (and it belongs to `owner`
+        when given); the deleted job, or None if nothing matched."""
+
+    @abstractmethod
+    async def insert_key(self, key: ApiKey) -> None: ...
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    async def list_keys(self) -> builtins.list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abstractmethod
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKey | None:
+        """Mark the key revoked (once: a second revoke keeps the first time); None if unknown."""
+
+    @abstractmethod
+    async def has_active_keys(self) -> bool: ...
+
+    @abstractmethod
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret stored under `name`, storing `candidate` first if there is none: one
+        atomic step, so every process sharing the database ends up with the same value."""
+
+    @abstractmethod
+    async def add_usage(self, counter: str, amount: int, expires_at: datetime) -> int:
+        """Add `amount` to the counter `counter` (created at 0, forgotten after `expires_at`)
+        and return its new total, in one atomic step shared by every API process."""
 
     @abstractmethod
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
@@ -115,23 +158,29 @@ class JobStore(ABC):
     async def create(self, job: Job) -> None:
         await self._insert(job)
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job; with `owner`, only if it is that owner's (another's job is not found)."""
         job = await self._get(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
     async def list(
-        self, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> builtins.list[Job]:
         statuses = None if status is None else [status]
-        return await self._find(statuses=statuses, limit=limit, offset=offset)
+        return await self._find(statuses=statuses, limit=limit, offset=offset, owner=owner)
 
     # --- dialects (issue 10) -----------------------------------------------------------------
 
-    async def count(self, *, status: JobStatus | None = None) -> int:
+    async def count(self, *, status: JobStatus | None = None, owner: str | None = None) -> int:
         statuses = None if status is None else [status]
-        count, _ = await self._count(statuses=statuses)
+        count, _ = await self._count(statuses=statuses, owner=owner)
         return count
 
     async def queue_ahead(self, job: Job) -> tuple[int, float]:
@@ -224,8 +273,8 @@ class JobStore(ABC):
         )
         return updated is not None
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> Job:
+        job = await self.get(job_id, owner=owner)
         if job.status in FINAL_STATES:
             raise JobConflict(f"job {job_id} is already {job.status.value}")
         now = utcnow()
@@ -240,16 +289,18 @@ class JobStore(ABC):
             job_id, statuses=sources(JobStatus.CANCELLED), attempts=None, changes=changes
         )
         if updated is None:  # it became final between the read and the update
-            return await self.cancel(job_id)
+            return await self.cancel(job_id, owner=owner)
         return updated
 
-    async def delete(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        if job.status not in FINAL_STATES:
+    async def delete(self, job_id: str, *, owner: str | None = None) -> Job:
+        """Delete a final job in one guarded step: of concurrent deletes exactly one gets the
+        job back, the others JobNotFound. Its checkpoints go with it."""
+        deleted = await self._delete_if(job_id, statuses=FINAL_STATES, owner=owner)
+        if deleted is None:
+            job = await self.get(job_id, owner=owner)  # gone (404), or still running (409)
             raise JobConflict(f"job {job_id} is {job.status.value}; cancel it before deleting it")
-        await self._delete(job_id)
         await self.delete_chunks(job_id)
-        return job
+        return deleted
 
     async def mark_published(self, job_id: str) -> None:
         await self._update(

@@ -9,7 +9,7 @@ this module as `BackendUnavailable("mongodb", ...)`.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, JobConflict
 from smap_stt.jobs import Job, JobStatus
+from smap_stt.keys import ApiKey
 from smap_stt.store.base import JobStore
 
 __all__ = ["MongoJobStore"]
@@ -75,6 +76,11 @@ def _to_job(document: Document) -> Job:
     return Job.from_dict(document)
 
 
+def _to_key(document: Document) -> ApiKey:
+    document["id"] = document.pop("_id")
+    return ApiKey.from_dict(document)
+
+
 class MongoJobStore(JobStore):
     """Jobs in `<database>.jobs` (`_id` = job id), checkpoints in `<database>.chunks`."""
 
@@ -92,6 +98,9 @@ class MongoJobStore(JobStore):
     @property
     def _chunks(self) -> AsyncCollection[Document]:
         return self._connected()[self.database]["chunks"]
+
+    def _collection(self, name: str) -> AsyncCollection[Document]:
+        return self._connected()[self.database][name]
 
     def _connected(self) -> AsyncMongoClient[Document]:
         if self._client is None:
@@ -122,6 +131,10 @@ class MongoJobStore(JobStore):
             await self._jobs.create_index(
                 [("callback_url", ASCENDING), ("webhook_next_at", ASCENDING)]
             )
+            # issue 12 (security)
+            await self._jobs.create_index([("owner", ASCENDING), ("status", ASCENDING)])
+            await self._collection("api_keys").create_index([("revoked_at", ASCENDING)])
+            await self._collection("usage").create_index([("expires_at", ASCENDING)])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -151,6 +164,7 @@ class MongoJobStore(JobStore):
         published: bool | None = None,
         updated_before: datetime | None = None,
         offset: int = 0,
+        owner: str | None = None,
     ) -> list[Job]:
         if limit <= 0:  # MongoDB reads limit 0 as "no limit"
             return []
@@ -161,6 +175,8 @@ class MongoJobStore(JobStore):
             query["published"] = published
         if updated_before is not None:
             query["updated_at"] = {"$lt": updated_before}
+        if owner is not None:
+            query["owner"] = owner
         order = DESCENDING if newest_first else ASCENDING
         cursor = self._jobs.find(query).sort([("created_at", order), ("_id", order)])
         cursor = cursor.skip(max(offset, 0)).limit(limit)
@@ -197,7 +213,11 @@ class MongoJobStore(JobStore):
     # --- dialects (issue 10) -----------------------------------------------------------------
 
     async def _count(
-        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        ahead_of: Job | None = None,
+        owner: str | None = None,
     ) -> tuple[int, float]:
         query: Document = {}
         if statuses is not None:
@@ -207,6 +227,8 @@ class MongoJobStore(JobStore):
                 {"priority": {"$gt": ahead_of.priority}},
                 {"priority": ahead_of.priority, "created_at": {"$lt": ahead_of.created_at}},
             ]
+        if owner is not None:
+            query["owner"] = owner
         left = {
             "$multiply": [
                 {"$ifNull": ["$duration_seconds", 0]},
@@ -247,6 +269,79 @@ class MongoJobStore(JobStore):
             (float(doc["processing_time_seconds"]), float(doc["duration_seconds"]))
             for doc in documents
         ]
+
+    # --- issue 12 (security) ------------------------------------------------------------------
+
+    async def _delete_if(
+        self, job_id: str, *, statuses: Collection[JobStatus], owner: str | None
+    ) -> Job | None:
+        query: Document = {"_id": job_id, "status": {"$in": [_bson(s) for s in statuses]}}
+        if owner is not None:
+            query["owner"] = owner
+        with _unavailable_on_driver_error():
+            document = await self._jobs.find_one_and_delete(query)
+        return None if document is None else _to_job(document)
+
+    async def insert_key(self, key: ApiKey) -> None:
+        document = key.to_dict()
+        document["_id"] = document.pop("id")
+        with _unavailable_on_driver_error():
+            await self._collection("api_keys").insert_one(document)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        with _unavailable_on_driver_error():
+            document = await self._collection("api_keys").find_one({"_id": key_id})
+        return None if document is None else _to_key(document)
+
+    async def list_keys(self) -> list[ApiKey]:
+        cursor = self._collection("api_keys").find({}).sort([("created_at", ASCENDING)])
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [_to_key(document) for document in documents]
+
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKey | None:
+        keys = self._collection("api_keys")
+        with _unavailable_on_driver_error():
+            await keys.update_one({"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": at}})
+            document = await keys.find_one({"_id": key_id})
+        return None if document is None else _to_key(document)
+
+    async def has_active_keys(self) -> bool:
+        with _unavailable_on_driver_error():
+            document = await self._collection("api_keys").find_one({"revoked_at": None})
+        return document is not None
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        secrets = self._collection("secrets")
+        with _unavailable_on_driver_error():
+            with suppress(DuplicateKeyError):  # another process stored one first: use theirs
+                await secrets.insert_one({"_id": name, "value": candidate})
+            document = await secrets.find_one({"_id": name})
+        assert document is not None
+        return str(document["value"])
+
+    async def add_usage(self, counter: str, amount: int, expires_at: datetime) -> int:
+        usage = self._collection("usage")
+        document: Document | None = None
+        with _unavailable_on_driver_error():
+            # Two first increments may race to insert the counter: the loser gets a duplicate
+            # key error (or, on some servers, no document) and simply increments again.
+            for _ in range(3):
+                with suppress(DuplicateKeyError):
+                    document = await usage.find_one_and_update(
+                        {"_id": counter},
+                        {"$inc": {"total": amount}, "$setOnInsert": {"expires_at": expires_at}},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                if document is not None:
+                    break
+            if document is None:
+                raise BackendUnavailable("mongodb", f"counter {counter} could not be updated")
+            total = int(document["total"])
+            if total == amount:  # a new window: forget the ones that are over
+                await usage.delete_many({"expires_at": {"$lt": datetime.now(UTC)}})
+        return total
 
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
         # The _id names the chunk, so an upsert can never create a duplicate.

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from smap_stt.errors import BackendUnavailable, DuplicateIdempotencyKey, JobConflict
 from smap_stt.jobs import Job, JobStatus
+from smap_stt.keys import ApiKey
 from smap_stt.store.base import JobStore
 
 __all__ = ["SqliteJobStore"]
@@ -179,6 +180,7 @@ class SqliteJobStore(JobStore):
         published: bool | None = None,
         updated_before: datetime | None = None,
         offset: int = 0,
+        owner: str | None = None,
     ) -> list[Job]:
         if limit <= 0:
             return []
@@ -193,6 +195,9 @@ class SqliteJobStore(JobStore):
         if updated_before is not None:
             where.append("updated_at < ?")
             params.append(_to_sql(updated_before))
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
         order = "DESC" if newest_first else "ASC"
         sql = (
             f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
@@ -239,7 +244,11 @@ class SqliteJobStore(JobStore):
     # --- dialects (issue 10) -----------------------------------------------------------------
 
     async def _count(
-        self, *, statuses: Collection[JobStatus] | None, ahead_of: Job | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None,
+        ahead_of: Job | None = None,
+        owner: str | None = None,
     ) -> tuple[int, float]:
         where: list[str] = ["1"]
         params: list[object] = []
@@ -249,6 +258,9 @@ class SqliteJobStore(JobStore):
         if ahead_of is not None:
             where.append("(priority > ? OR (priority = ? AND created_at < ?))")
             params += [ahead_of.priority, ahead_of.priority, _to_sql(ahead_of.created_at)]
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
         sql = (
             "SELECT COUNT(*), TOTAL(COALESCE(duration_seconds, 0) * (100 - progress) / 100.0) "
             f"FROM jobs WHERE {' AND '.join(where)}"
@@ -282,6 +294,92 @@ class SqliteJobStore(JobStore):
             return [(float(a), float(b)) for a, b in conn.execute(sql, (limit,)).fetchall()]
 
         return await self._run(samples)
+
+    # --- issue 12 (security) ------------------------------------------------------------------
+
+    async def _delete_if(
+        self, job_id: str, *, statuses: Collection[JobStatus], owner: str | None
+    ) -> Job | None:
+        sql = f"DELETE FROM jobs WHERE id = ? AND status IN ({', '.join('?' * len(statuses))})"
+        params: list[object] = [job_id, *(_to_sql(status) for status in statuses)]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+
+        def delete(conn: sqlite3.Connection) -> Job | None:
+            rows = conn.execute(sql + " RETURNING *", params).fetchall()
+            return _to_job(rows[0]) if rows else None
+
+        return await self._run(delete)
+
+    async def insert_key(self, key: ApiKey) -> None:
+        values = {name: _to_sql(value) for name, value in key.to_dict().items()}
+        sql = f"INSERT INTO api_keys ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, list(values.values()))
+
+        await self._run(insert)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        def get(conn: sqlite3.Connection) -> ApiKey | None:
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return None if row is None else ApiKey.from_dict(dict(row))
+
+        return await self._run(get)
+
+    async def list_keys(self) -> list[ApiKey]:
+        def keys(conn: sqlite3.Connection) -> list[ApiKey]:
+            rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
+            return [ApiKey.from_dict(dict(row)) for row in rows]
+
+        return await self._run(keys)
+
+    async def revoke_key(self, key_id: str, at: datetime) -> ApiKey | None:
+        def revoke(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (_to_sql(at), key_id),
+            )
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return None if row is None else ApiKey.from_dict(dict(row))
+
+        return await self._run(revoke)
+
+    async def has_active_keys(self) -> bool:
+        def exists(conn: sqlite3.Connection) -> bool:
+            sql = "SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"
+            return conn.execute(sql).fetchone() is not None
+
+        return await self._run(exists)
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        def secret(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, candidate),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return str(row["value"])
+
+        return await self._run(secret)
+
+    async def add_usage(self, counter: str, amount: int, expires_at: datetime) -> int:
+        expires = _to_sql(expires_at)
+
+        def add(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO usage (name, total, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET total = total + excluded.total "
+                "RETURNING total",
+                (counter, amount, expires),
+            ).fetchall()[0]
+            if row["total"] == amount:  # a new window: forget the ones that are over
+                now = _to_sql(datetime.now(UTC))
+                conn.execute("DELETE FROM usage WHERE expires_at < ?", (now,))
+            return int(row["total"])
+
+        return await self._run(add)
 
     async def save_chunk(self, job_id: str, index: int, data: dict[str, Any]) -> None:
         text = json.dumps(data)
@@ -421,4 +519,18 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS leases (name TEXT NOT NULL PRIMARY KEY, "
         "holder TEXT NOT NULL, expires_at TEXT NOT NULL) WITHOUT ROWID"
+    )
+    # issue 12 (security): owners, keys, the shared signing secret, usage counters
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS api_keys (id TEXT NOT NULL PRIMARY KEY, name TEXT NOT NULL, "
+        "key_hash TEXT NOT NULL, admin INTEGER NOT NULL, max_priority INTEGER NOT NULL, "
+        "created_at TEXT NOT NULL, revoked_at TEXT)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS secrets (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS usage (name TEXT NOT NULL PRIMARY KEY, "
+        "total INTEGER NOT NULL, expires_at TEXT NOT NULL)"
     )

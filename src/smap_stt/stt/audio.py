@@ -9,6 +9,15 @@ on: no raw av, ValueError or OSError leaves this module.
 
 `probe` is what the API process runs on every upload, so numpy (which only the decoders need)
 is imported inside them: importing this module and probing loads no numpy.
+
+Uploads are hostile until proven otherwise (docs/SECURITY.md). FFmpeg can also read playlists
+and lists of other files (concat/ffconcat, HLS, image sequences, SDP, devices), which would let
+an upload read files on the server or reach the network. So only the container formats in
+`ALLOWED_FORMATS` are opened (FFmpeg's `format_whitelist`, checked after probing and before
+the demuxer reads anything, and inherited by any nested input), only the `file` protocol is
+allowed, and text files are refused before FFmpeg sees them. Streams with implausible sample
+rates or channel counts and audio longer than the caller's maximum are refused
+(AudioRejected). Error messages never carry paths or FFmpeg's words: those go to the log.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import TYPE_CHECKING
 import av
 import av.container
 
-from smap_stt.errors import AudioError, AudioTooShort
+from smap_stt.errors import AudioError, AudioRejected, AudioTooShort
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +43,23 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 """What Whisper listens at: decoded audio is mono float32 at this rate."""
+
+ALLOWED_FORMATS = (
+    "wav,w64,mp3,ogg,flac,mov,matroska,aac,ac3,eac3,amr,amrnb,amrwb,aiff,au,caf,asf,avi,flv,"
+    "mpeg,mpegts,ape,wv,tta,tak,mpc,mpc8,dts,dtshd,truehd,mlp,gsm,voc,dsf,rm,xwma,nut,mxf,oma,"
+    "shn,qcp,ircam,nistsphere,loas,iff,mmf,bonk,wsaud"
+)
+"""FFmpeg demuxers (comma separated) that may open an upload: audio and video containers that
+read nothing but the file itself."""
+
+_OPEN_OPTIONS = {"format_whitelist": ALLOWED_FORMATS, "protocol_whitelist": "file"}
+
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 64
+
+# What text playlists and file lists start with (after optional whitespace or a BOM).
+_TEXT_SIGNATURES = (b"#extm3u", b"#ext-x", b"ffconcat", b"file ", b"[playlist]", b"<?xml", b"<")
 
 # Consecutive packets that fail to decode before we call the file corrupt rather than glitched.
 _MAX_BAD_PACKETS = 20
@@ -62,14 +88,15 @@ class AudioInfo:
     channels: int
 
 
-def probe(path: Path, *, min_seconds: float = 0.1) -> AudioInfo:
+def probe(path: Path, *, min_seconds: float = 0.1, max_seconds: float | None = None) -> AudioInfo:
     """Check that `path` is audio worth transcribing and describe it; cheap for long files.
 
     Decodes only the first `min_seconds`; the duration comes from the container header unless
     a seek to its claimed end shows it lies (truncated files), and is counted from the packets
     (no decoding) when there is no header duration. Raises AudioError for an empty or missing
     file, a file that is not media or is corrupt, media without an audio stream, and audio that
-    decodes to less than `min_seconds`.
+    decodes to less than `min_seconds`; AudioRejected for a stream no real recording has (sample
+    rate, channels) and audio longer than `max_seconds`.
     """
     try:
         with _open(path) as container:
@@ -81,6 +108,7 @@ def probe(path: Path, *, min_seconds: float = 0.1) -> AudioInfo:
                 sample_rate=stream.sample_rate or 0,
                 channels=stream.channels or 0,
             )
+            _check_plausible(info)
             decoded, bad = _decoded_seconds(container, stream, limit=min_seconds)
             if decoded == 0 and bad:
                 raise AudioError("The file is not decodable audio: its packets are corrupt.")
@@ -95,19 +123,70 @@ def probe(path: Path, *, min_seconds: float = 0.1) -> AudioInfo:
         if claimed is None:
             claimed = _counted_duration(path)
         info.duration = max(claimed, decoded)
+        if max_seconds is not None and info.duration > max_seconds:
+            raise AudioRejected(_too_long(info.duration, max_seconds))
         return info
     except AudioError:
         raise
     except Exception as exc:  # FFmpeg has many ways to fail; none may leak raw
-        raise AudioError(f"The file could not be read as audio: {exc}") from exc
+        logger.info("probe of %s failed: %r", path.name, exc)
+        raise AudioError("The file could not be read as audio; it may be corrupt.") from exc
 
 
-def decode_pieces(path: Path, *, piece_seconds: float) -> Iterator[np.ndarray]:
+def _check_plausible(info: AudioInfo) -> None:
+    """0 means the demuxer does not know yet (noise that looks like MP3): decoding decides."""
+    if info.sample_rate and not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioRejected(
+            f"The audio claims a sample rate of {info.sample_rate} Hz; recordings have "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz, so the file is damaged or crafted."
+        )
+    if info.channels > MAX_CHANNELS:
+        raise AudioRejected(
+            f"The audio claims {info.channels} channels; at most {MAX_CHANNELS} are accepted."
+        )
+
+
+def _too_long(seconds: float, max_seconds: float) -> str:
+    return (
+        f"The audio is {_hours(seconds)} long; the longest accepted is {_hours(max_seconds)} "
+        "(MAX_AUDIO_DURATION_SECONDS). Split it into shorter files."
+    )
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Playlists and file lists are text; every container we open is binary near its start
+    (an MP3 without ID3 starts with a frame header, 0xFF 0xFx)."""
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith(_TEXT_SIGNATURES):
+        return True
+    if not head or b"\0" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end is still text
+        if exc.start < len(head) - 4:
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def decode_pieces(
+    path: Path, *, piece_seconds: float, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """Decode `path` to 16 kHz mono float32, yielding pieces of `piece_seconds` (the last may be
     shorter) so that memory stays bounded whatever the file's length.
 
     Raises AudioError when the file cannot be decoded, a run of packets is corrupt, or nothing
-    decodes at all.
+    decodes at all; AudioRejected as soon as more than `max_seconds` decoded (the header that
+    passed the probe lied).
     """
     import numpy as np
 
@@ -117,11 +196,17 @@ def decode_pieces(path: Path, *, piece_seconds: float) -> Iterator[np.ndarray]:
     pending: list[np.ndarray] = []
     pending_samples = 0
     total = 0
+    max_samples = None if max_seconds is None else max_seconds * SAMPLE_RATE
     try:
         for samples in _decoded_samples(path):
             pending.append(samples)
             pending_samples += len(samples)
             total += len(samples)
+            if max_samples is not None and total > max_samples:
+                raise AudioRejected(
+                    "The audio decodes to more than its header said: "
+                    + _too_long(total / SAMPLE_RATE, max_seconds or 0)
+                )
             while pending_samples >= piece_samples:
                 joined = np.concatenate(pending)
                 yield joined[:piece_samples]
@@ -149,19 +234,35 @@ def decode_audio(path: Path) -> np.ndarray:
 def _open(path: Path) -> av.container.InputContainer:
     try:
         size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(512)
     except OSError as exc:
-        raise AudioError(f"The file cannot be read: {exc.strerror or exc}") from exc
+        logger.info("cannot read %s: %r", path.name, exc)
+        raise AudioError("The file cannot be read.") from exc
     if size == 0:
         raise AudioTooShort("The file is empty.")
+    if _looks_like_text(head):
+        raise AudioError(
+            "The file is text (a playlist or a list of files?), not audio; upload the "
+            "recording itself."
+        )
     try:
-        options = _WAV_OPTIONS if _is_wav(path) else {}
-        return av.open(str(path), mode="r", metadata_errors="ignore", options=options)
-    except av.error.InvalidDataError as exc:
+        return _av_open(path)
+    except (av.error.InvalidDataError, av.error.ArgumentError, av.error.PermissionError) as exc:
+        # ArgumentError (EINVAL): the demuxer FFmpeg recognised is not in ALLOWED_FORMATS.
+        logger.info("refused to open %s: %r", path.name, exc)
         raise AudioError(
             "The file is not a supported audio or video format, or it is corrupt."
         ) from exc
     except Exception as exc:
-        raise AudioError(f"The file could not be opened as media: {exc}") from exc
+        logger.info("cannot open %s: %r", path.name, exc)
+        raise AudioError("The file could not be opened as audio or video.") from exc
+
+
+def _av_open(path: Path) -> av.container.InputContainer:
+    """The one way this module opens media: allowed demuxers and the file protocol only."""
+    options = {**_OPEN_OPTIONS, **(_WAV_OPTIONS if _is_wav(path) else {})}
+    return av.open(str(path), mode="r", metadata_errors="ignore", options=options)
 
 
 def _is_wav(path: Path) -> bool:
@@ -177,7 +278,7 @@ def _audio_stream(container: av.container.InputContainer) -> av.AudioStream:
     if not container.streams.audio:
         kinds: list[str] = sorted({stream.type for stream in container.streams}) or ["nothing"]
         raise AudioError(
-            f"The file has no audio stream (FFmpeg reads it as "
+            f"The file has no audio stream (it is "
             f"{container.format.long_name or container.format.name} with "
             f"{' and '.join(kinds)} only)."
         )
@@ -230,7 +331,7 @@ def _counted_duration(path: Path) -> float:
     """The duration from the packets themselves: demuxing only, no decoding, so ~0.5 s/hour."""
     end = 0.0
     summed = 0.0
-    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+    with _av_open(path) as container:
         stream = container.streams.audio[0]
         for packet in container.demux(stream):
             if not packet.duration or packet.time_base is None:
@@ -293,7 +394,8 @@ def _decoded_samples(path: Path) -> Iterator[np.ndarray]:
     except AudioError:
         raise
     except Exception as exc:
-        raise AudioError(f"The audio could not be decoded: {exc}") from exc
+        logger.info("decoding %s failed: %r", path.name, exc)
+        raise AudioError("The audio could not be decoded; the file may be corrupt.") from exc
 
 
 def _new_resampler() -> av.AudioResampler:

@@ -49,6 +49,7 @@ def iter_chunks(
     *,
     chunk_seconds: float,
     fixed_ends: Mapping[int, float] | None = None,
+    max_seconds: float | None = None,
 ) -> Iterator[ChunkAudio]:
     """The chunks of `path`, in order, each about `chunk_seconds` long and cut at a pause.
 
@@ -62,7 +63,10 @@ def iter_chunks(
     buffer = np.empty(0, dtype=np.float32)
     start = 0
     index = 0
-    for piece in decode_pieces(path, piece_seconds=min(_PIECE_SECONDS, chunk_seconds)):
+    pieces = decode_pieces(  # max_seconds: AudioRejected once the decoded audio is longer
+        path, piece_seconds=min(_PIECE_SECONDS, chunk_seconds), max_seconds=max_seconds
+    )
+    for piece in pieces:
         buffer = np.concatenate((buffer, piece)) if len(buffer) else piece
         while True:
             if index in fixed and fixed[index] > start:

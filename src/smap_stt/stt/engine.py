@@ -133,7 +133,7 @@ class Engine:
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         whisper = self.load(model)
-        duration = probe(path).duration
+        duration = probe(path, max_seconds=self._settings.max_audio_duration_seconds).duration
         job = _Job(
             model=model,
             whisper=whisper,
@@ -163,6 +163,7 @@ class Engine:
                 path,
                 chunk_seconds=self._settings.whisper_chunk_seconds,
                 fixed_ends={index: chunk.end for index, chunk in done.items()},
+                max_seconds=self._settings.max_audio_duration_seconds,  # issue 12
             ):
                 finished = done.get(audio.index)
                 if finished is not None:

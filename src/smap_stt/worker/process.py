@@ -38,7 +38,7 @@ from smap_stt.errors import (
     ModelCorrupt,
     ModelNotFound,
 )
-from smap_stt.jobs import Job, JobStatus, give_up_reason
+from smap_stt.jobs import Job, JobStatus, give_up_reason, result_key
 from smap_stt.logs import current_job
 from smap_stt.queue.base import Delivery, decode_message
 from smap_stt.retention import process_dir
@@ -62,10 +62,6 @@ class WorkerContext:
     backends: Backends
     engine: Engine
     worker_id: str
-
-
-def result_key(job_id: str) -> str:
-    return f"results/{job_id}.json"
 
 
 # --- outcomes and the one place that settles them -------------------------------------------
@@ -151,6 +147,7 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
                 if changed:
                     log.error("failed: %s", outcome.reason)
                     metrics.observe_failed(job.model if job else "unknown", outcome.reason)
+                await _discard_if_final(ctx, job_id)
         else:
             log.warning("dead-lettered the message: %s", outcome.reason)
         metrics.DEAD_LETTERS.labels(reason=metrics.failure_reason(outcome.reason)).inc()
@@ -250,6 +247,7 @@ async def _attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> Outcome:
         await asyncio.wait_for(_transcribe_job(ctx, delivery, job), settings.job_timeout)
     except JobCancelled as exc:
         log.info("stopped: %s", exc)
+        await _discard_if_final(ctx, job.id)
     except TimeoutError:
         reason = f"timeout: the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"
         return Outcome.dead_letter(reason, job=job)
@@ -265,6 +263,27 @@ async def _attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> Outcome:
         log.exception("unexpected error in attempt %d", job.attempts)
         return Outcome.retry(job, f"unexpected error: {type(exc).__name__}: {exc}")
     return Outcome.done()
+
+
+async def _discard_if_final(ctx: WorkerContext, job_id: str) -> None:
+    """Issue 12: a job that ended without this attempt's transcript (cancelled, failed, timed
+    out or deleted meanwhile) keeps no transcript and no checkpoints, which this attempt may
+    have written just before it lost the job. Only once the job is final (or gone): a job
+    handed to another attempt, or COMPLETED by one, keeps its files."""
+    store = ctx.backends.store
+    try:
+        try:
+            current: Job | None = await store.get(job_id)
+        except JobNotFound:
+            current = None
+        if current is not None and (
+            current.status is JobStatus.COMPLETED or not current.status.final
+        ):
+            return
+        await ctx.backends.blobs.delete(result_key(job_id))
+        await store.delete_chunks(job_id)
+    except BackendUnavailable as exc:  # retention removes them later; the job state is right
+        log.warning("could not remove the files of the ended job: %s", exc)
 
 
 async def handle_dead_event(ctx: WorkerContext, delivery: Delivery) -> None:

@@ -27,6 +27,7 @@ from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.jobs import Job
+from smap_stt.keys import Principal
 from smap_stt.service import Upload
 
 ENGINE = "faster_whisper"
@@ -109,11 +110,12 @@ async def _run(
     upload: Upload,
     fields: dict[str, str],
     idempotency_key: str | None,
+    principal: Principal,
 ) -> tuple[Job, dict[str, Any]]:
     try:
         upload.fields = fields
         submission = await service.submit_once(
-            settings, backends, upload, idempotency_key=idempotency_key
+            settings, backends, upload, principal=principal, idempotency_key=idempotency_key
         )
     finally:
         await asyncio.to_thread(unlink_spool, upload.path)
@@ -156,7 +158,9 @@ async def asr(
     )
     upload = await _receive(request, settings, encode)
     filename = upload.filename
-    job, document = await _run(settings, backends, upload, call.fields, idempotency_key)
+    job, document = await _run(
+        settings, backends, upload, call.fields, idempotency_key, request.state.principal
+    )
     body = await asyncio.to_thread(dialects.render_asr, document, call.output)
     return Response(
         body,
@@ -183,6 +187,11 @@ async def detect_language(
 ) -> JSONResponse:
     upload = await _receive(request, settings, encode)
     job, document = await _run(
-        settings, backends, upload, {"language": "auto", "task": "transcribe"}, idempotency_key
+        settings,
+        backends,
+        upload,
+        {"language": "auto", "task": "transcribe"},
+        idempotency_key,
+        request.state.principal,
     )
     return JSONResponse(dialects.detect_language_body(document), headers={"X-Job-Id": job.id})

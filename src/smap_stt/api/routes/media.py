@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from smap_stt import service
+from smap_stt.api.auth import PrincipalDep, signing_secret
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.links import job_links
 from smap_stt.api.ranges import RangeNotSatisfiable, parse_range
@@ -57,12 +58,14 @@ def audio_media_type(key: str) -> str:
     responses={
         200: {"content": {"audio/*": {}}, "description": "The whole file"},
         206: {"content": {"audio/*": {}}, "description": "The requested byte range"},
-        **{code: {"model": ErrorResponse} for code in (404, 410, 416, 422, 503)},
+        **{code: {"model": ErrorResponse} for code in (401, 403, 404, 410, 416, 422, 429, 503)},
     },
     summary="The job's audio as uploaded (HTTP Range support for seeking)",
 )
-async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Response:
-    job = await service.get_job(backends, job_id)
+async def audio(
+    job_id: JobId, request: Request, backends: BackendsDep, principal: PrincipalDep
+) -> Response:
+    job = await service.get_job(backends, job_id, principal=principal)
     if job.audio_deleted_at is not None:  # KEEP_AUDIO=false (issue 11)
         return JSONResponse(
             {
@@ -105,7 +108,7 @@ async def audio(job_id: JobId, request: Request, backends: BackendsDep) -> Respo
 
 
 LINK_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 422, 503)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 429, 503)
 }
 
 
@@ -115,7 +118,13 @@ LINK_ERRORS: dict[int | str, dict[str, Any]] = {
     responses=LINK_ERRORS,
     summary="URLs for the job's audio and transcript downloads, usable without a key header",
 )
-async def links(job_id: JobId, settings: SettingsDep, backends: BackendsDep) -> JobLinksResponse:
-    job = await service.get_job(backends, job_id)
-    made = job_links(settings, job.id)
+async def links(
+    job_id: JobId,
+    request: Request,
+    settings: SettingsDep,
+    backends: BackendsDep,
+    principal: PrincipalDep,
+) -> JobLinksResponse:
+    job = await service.get_job(backends, job_id, principal=principal)
+    made = job_links(settings, job.id, secret=await signing_secret(request))
     return JobLinksResponse(expires_at=made.expires_at, audio=made.audio, downloads=made.downloads)

@@ -191,7 +191,11 @@ async def _run(
         call = dialects.openai_call(upload.fields, task=task)
         upload.fields = call.fields
         submission = await service.submit_once(
-            settings, backends, upload, idempotency_key=idempotency_key
+            settings,
+            backends,
+            upload,
+            principal=request.state.principal,  # set by the auth dependency (issue 12)
+            idempotency_key=idempotency_key,
         )
     finally:
         await asyncio.to_thread(unlink_spool, upload.path)

@@ -9,6 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from smap_stt.api.auth import PUBLIC
+
 __all__ = ["WEB_DIR", "router", "static_files"]
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
@@ -26,7 +28,7 @@ _HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.get("/", openapi_extra=PUBLIC)  # the page asks for a key itself
 async def index() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=_HEADERS)
 

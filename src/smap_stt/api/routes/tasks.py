@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from smap_stt import formats, metrics, service
+from smap_stt import formats, limits, metrics, service
+from smap_stt.api.auth import PUBLIC, PrincipalDep, auth_enabled
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import (
     CancelResponse,
@@ -23,17 +24,23 @@ from smap_stt.api.schemas import (
     UploadResponse,
 )
 from smap_stt.api.upload import receive_upload, unlink_spool
+from smap_stt.backends import Backends
+from smap_stt.config import Settings
+from smap_stt.errors import InvalidRequest
 from smap_stt.jobs import JobStatus
+from smap_stt.keys import Principal
 from smap_stt.retention import process_dir
+from smap_stt.service import Upload
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 JobId = Annotated[str, Path(max_length=100, description="The job id returned by the upload")]
+# 401 (no valid key), 403 (a foreign page while the API is open), 429 (a limit): issue 12.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 408, 409, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 408, 409, 413, 415, 422, 429, 503)
 }
 UPLOAD_ERRORS[200] = {
     "model": UploadResponse,
@@ -49,7 +56,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (422, 503)
+    code: {"model": ErrorResponse} for code in (401, 403, 422, 429, 503)
 }
 
 FormatName = Literal["json", "verbose_json", "txt", "srt", "vtt", "tsv"]
@@ -164,6 +171,27 @@ UPLOAD_FORM = {
 }
 
 
+async def _receive_in_time(request: Request, settings: Settings) -> Upload:
+    """The upload, within this process's MAX_CONCURRENT_UPLOADS slots (503 beyond) and the
+    UPLOAD_DEADLINE_SECONDS (408), as well as the idle timeout (issue 12)."""
+    slots: limits.UploadSlots = request.app.state.upload_slots
+    async with slots.slot():
+        try:
+            async with asyncio.timeout(settings.upload_deadline_seconds):
+                return await receive_upload(
+                    request,
+                    spool_dir=process_dir(settings.temp_dir, "uploads"),
+                    max_bytes=settings.max_upload_bytes,
+                    idle_timeout=settings.upload_idle_timeout,
+                )
+        except TimeoutError:  # receive_upload removed its spool file on the way out
+            raise InvalidRequest(
+                f"the upload took longer than {settings.upload_deadline_seconds:g} s "
+                "(UPLOAD_DEADLINE_SECONDS); send it faster or in a smaller file",
+                status_code=408,
+            ) from None
+
+
 @router.post(
     "/upload",
     status_code=201,
@@ -176,22 +204,25 @@ async def upload(
     request: Request,
     settings: SettingsDep,
     backends: BackendsDep,
+    principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     with metrics.count_refusals():
-        received = await receive_upload(
-            request,
-            spool_dir=process_dir(settings.temp_dir, "uploads"),
-            max_bytes=settings.max_upload_bytes,
-            idle_timeout=settings.upload_idle_timeout,
-        )
+        await limits.check_upload_admission(settings, backends.store, principal)
+        received = await _receive_in_time(request, settings)
         try:
             submission = await service.submit_once(
-                settings, backends, received, idempotency_key=idempotency_key
+                settings,
+                backends,
+                received,
+                principal=principal,
+                idempotency_key=idempotency_key,
             )
         finally:  # stored by now (moved or copied), or refused: the spool file goes either way
             await asyncio.to_thread(unlink_spool, received.path)
     job = submission.job
+    if submission.created:
+        await limits.record_upload(settings, backends.store, principal, job.size_bytes)
     message = "Task created and queued for processing"
     if not submission.created:
         message = f"Task already created for this Idempotency-Key; it is {job.status.value}"
@@ -219,16 +250,25 @@ async def upload(
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse}},
     summary="Health of the database, the queue and the storage",
+    openapi_extra=PUBLIC,
 )
-async def health(backends: BackendsDep) -> JSONResponse:
+async def health(settings: SettingsDep, backends: BackendsDep) -> JSONResponse:
     services = await service.health(backends)
     healthy = all(value == "healthy" for value in services.values())
     body = HealthResponse(
         status="healthy" if healthy else "unhealthy",
         services=services,
         backends=service.backend_names(backends),
+        auth="on" if await _auth_on(settings, backends) else "off",
     )
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+async def _auth_on(settings: Settings, backends: Backends) -> bool:
+    try:
+        return await auth_enabled(settings, backends)
+    except Exception:  # the database is down: /health reports that; say what AUTH asks for
+        return settings.auth != "off"
 
 
 @router.get(
@@ -236,6 +276,7 @@ async def health(backends: BackendsDep) -> JSONResponse:
 )
 async def list_jobs(
     backends: BackendsDep,
+    principal: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
     limit: Annotated[
         int, Query(ge=1, description="Page size; over 100 counts as 100 (as the original did)")
@@ -245,7 +286,9 @@ async def list_jobs(
     ] = 0,
 ) -> JobListResponse:
     limit = min(limit, 100)  # clamped, not refused: the original's clients ask for more
-    jobs, total = await service.list_jobs(backends, status=status, limit=limit, offset=offset)
+    jobs, total = await service.list_jobs(
+        backends, principal=principal, status=status, limit=limit, offset=offset
+    )
     next_offset = offset + len(jobs) if offset + len(jobs) < total and jobs else None
     return JobListResponse(
         count=len(jobs),
@@ -264,9 +307,9 @@ async def list_jobs(
     summary="State and progress of a job",
 )
 async def job_status(
-    job_id: JobId, settings: SettingsDep, backends: BackendsDep
+    job_id: JobId, settings: SettingsDep, backends: BackendsDep, principal: PrincipalDep
 ) -> JobStatusResponse:
-    job = await service.get_job(backends, job_id)
+    job = await service.get_job(backends, job_id, principal=principal)
     where = await service.standing(settings, backends, job)
     return JobStatusResponse.of(
         job, queue_position=where.queue_position, eta_seconds=where.eta_seconds
@@ -284,6 +327,7 @@ async def job_result(
     request: Request,
     settings: SettingsDep,
     backends: BackendsDep,
+    principal: PrincipalDep,
     format: FormatQuery = "json",
     max_line_width: MaxLineWidth = None,
     max_line_count: MaxLineCount = None,
@@ -291,8 +335,10 @@ async def job_result(
 ) -> Response | JobResultResponse:
     if format != "json":
         subtitles = _SubtitleOptions(max_line_width, max_line_count, highlight_words)
-        return await _rendered(backends, job_id, format, subtitles, inline=True)
-    job = await service.get_job(backends, job_id)
+        return await _rendered(
+            backends, job_id, format, subtitles, inline=True, principal=principal
+        )
+    job = await service.get_job(backends, job_id, principal=principal)
     segments: list[SegmentOut] = []
     download_url = None
     if job.status is JobStatus.COMPLETED:
@@ -301,8 +347,9 @@ async def job_result(
             segments = [SegmentOut(**segment) for segment in document["segments"]]
         download_url = await service.result_url(backends, job)
         if download_url is None:
-            base = settings.public_base_url or str(request.base_url)
-            download_url = f"{base.rstrip('/')}/api/v1/tasks/{job.id}/download"
+            download_url = service.public_url(
+                settings, f"/api/v1/tasks/{job.id}/download", str(request.base_url)
+            )
         message = "Transcription completed"
         # Issue 15: silence, noise or music completes with an empty transcript; say why.
         if not (job.transcription or "").strip() and not segments:
@@ -341,6 +388,7 @@ async def job_result(
 async def download(
     job_id: JobId,
     backends: BackendsDep,
+    principal: PrincipalDep,
     format: FormatQuery = "json",
     max_line_width: MaxLineWidth = None,
     max_line_count: MaxLineCount = None,
@@ -348,12 +396,12 @@ async def download(
 ) -> Response:
     subtitles = _SubtitleOptions(max_line_width, max_line_count, highlight_words)
     if format == "json":
-        job, data = await service.result_bytes(backends, job_id)
+        job, data = await service.result_bytes(backends, job_id, principal=principal)
         disposition = formats.content_disposition(job.filename, "json")
         return Response(
             data, media_type="application/json", headers={"Content-Disposition": disposition}
         )
-    return await _rendered(backends, job_id, format, subtitles, inline=False)
+    return await _rendered(backends, job_id, format, subtitles, inline=False, principal=principal)
 
 
 @dataclass(frozen=True)
@@ -364,7 +412,13 @@ class _SubtitleOptions:
 
 
 async def _rendered(
-    backends: BackendsDep, job_id: str, fmt: str, subtitles: _SubtitleOptions, *, inline: bool
+    backends: BackendsDep,
+    job_id: str,
+    fmt: str,
+    subtitles: _SubtitleOptions,
+    *,
+    inline: bool,
+    principal: Principal,
 ) -> Response:
     job, rendered = await service.render_result(
         backends,
@@ -373,6 +427,7 @@ async def _rendered(
         max_line_width=subtitles.max_line_width,
         max_line_count=subtitles.max_line_count,
         highlight_words=subtitles.highlight_words,
+        principal=principal,
     )
     disposition = formats.content_disposition(job.filename, rendered.extension, inline=inline)
     return Response(
@@ -388,8 +443,8 @@ async def _rendered(
     responses=ERRORS,
     summary="Cancel a queued or running job",
 )
-async def cancel(job_id: JobId, backends: BackendsDep) -> CancelResponse:
-    job = await service.cancel_job(backends, job_id)
+async def cancel(job_id: JobId, backends: BackendsDep, principal: PrincipalDep) -> CancelResponse:
+    job = await service.cancel_job(backends, job_id, principal=principal)
     metrics.JOBS_FINISHED.labels(status=job.status.value, model=job.model).inc()
     return CancelResponse(
         job_id=job.id,
@@ -404,6 +459,6 @@ async def cancel(job_id: JobId, backends: BackendsDep) -> CancelResponse:
     responses=ERRORS,
     summary="Delete a finished job and its stored files",
 )
-async def delete(job_id: JobId, backends: BackendsDep) -> CancelResponse:
-    job = await service.delete_job(backends, job_id)
+async def delete(job_id: JobId, backends: BackendsDep, principal: PrincipalDep) -> CancelResponse:
+    job = await service.delete_job(backends, job_id, principal=principal)
     return CancelResponse(job_id=job.id, job_status=job.status, message="Deleted")
