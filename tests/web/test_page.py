@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import srt
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Clip
@@ -128,6 +129,54 @@ def test_search_marks_matches_in_the_transcript(page: Page) -> None:
     expect(page.locator("#t-search-count")).to_contain_text("found")
     page.fill("#t-search", "")
     expect(page.locator("mark")).to_have_count(0)
+
+
+def test_the_srt_download_parses(page: Page, state: dict[str, Any], web: Service) -> None:
+    with page.expect_download() as info:
+        page.locator('#t-downloads a[data-format="srt"]').click()
+    text = Path(info.value.path()).read_text(encoding="utf-8")
+
+    subtitles = list(srt.parse(text))
+
+    with web.client() as client:
+        segments = client.get(f"/api/v1/tasks/{state['job_id']}/result").json()["segments"]
+    assert subtitles, text
+    assert (
+        " ".join(s.content for s in subtitles).split()
+        == " ".join(segment["text"] for segment in segments).split()
+    )
+    assert subtitles[0].start.total_seconds() == pytest.approx(segments[0]["start"], abs=0.01)
+
+
+def test_with_word_timestamps_the_current_word_is_marked(
+    page: Page, web: Service, tiny_clip: Clip
+) -> None:
+    page.goto(f"{web.url}/#/")
+    page.check("#opt-words")
+    page.set_input_files("#file-input", str(tiny_clip.path))
+    row = job_row(page, tiny_clip.path.name)
+    expect(row.locator(".badge")).to_have_text("Completed", timeout=150_000)
+    job_id = row.get_attribute("data-id")
+    page.uncheck("#opt-words")  # remembered by the page: back to the default for what follows
+    with web.client() as client:
+        document = client.get(f"/api/v1/tasks/{job_id}/download?format=json").json()
+    words = [word for segment in document["segments"] for word in segment["words"]]
+    assert len(words) >= 5, document
+
+    row.locator("a.job-name").click()
+    expect(page.locator(".segment .word")).to_have_count(len(words))
+    wait_until(page, "() => document.getElementById('player').readyState >= 1")
+    target = words[3]
+    page.evaluate(
+        "(t) => { document.getElementById('player').currentTime = t; }",
+        (target["start"] + target["end"]) / 2,
+    )
+
+    expect(page.locator(".word.now")).to_have_count(1)
+    expect(page.locator(".word.now")).to_have_text(target["word"])
+    page.locator(".segment .word").nth(1).click()  # a word plays from that word
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert abs(current - words[1]["start"]) < 0.5, (current, words[1])
 
 
 def test_cancel_a_long_job_from_the_list(page: Page, web: Service, long_clip: Clip) -> None:
