@@ -93,6 +93,7 @@ def main() -> None:
                     page.evaluate("() => document.getElementById('player').pause()")
                     page.fill("#t-search", "")
                     page.locator("#t-search").blur()
+                    page.mouse.move(4, VIEWPORT["height"] - 4)  # no hover on a segment
                     time.sleep(0.3)
                     shoot(page, OUT / f"transcript{suffix}.png")
                     context.close()

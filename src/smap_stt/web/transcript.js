@@ -291,8 +291,15 @@ function fillText(row, segment, query) {
     return pieces.length > 1;
   }
   if (Array.isArray(segment.words) && segment.words.length) {
-    row._words = segment.words.map((word) => el("span", { class: "word", text: word.word }));
-    target.replaceChildren(...row._words);
+    // Whisper's words carry their leading space: it goes between the spans, so that marking
+    // the current word does not mark the space before it.
+    row._words = segment.words.map((word) => el("span", { class: "word", text: String(word.word).trim() }));
+    const nodes = [];
+    segment.words.forEach((word, i) => {
+      if (i && /^\s/.test(String(word.word))) nodes.push(" ");
+      nodes.push(row._words[i]);
+    });
+    target.replaceChildren(...nodes);
   } else {
     row._words = null;
     target.textContent = String(segment.text || "").trim();
