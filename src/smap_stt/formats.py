@@ -51,7 +51,11 @@ _EXTENSIONS = {"verbose_json": "json", "txt": "txt", "srt": "srt", "vtt": "vtt",
 
 # C0/C1 controls except the line breaks that str.splitlines() knows (\n \r \x0b \x0c \x1c-\x1e
 # \x85), which are handled as line breaks.
-_CONTROLS = re.compile("[\x00-\x09\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+_CONTROLS = re.compile("[\x00-\x09\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\ue000\ue001]")
+# Where a highlighted word starts and ends until the cue is written (private-use characters,
+# removed from the transcript's own text above): a literal "<u>" said in the audio stays text.
+_U_OPEN, _U_CLOSE = "\ue000", "\ue001"
+_CONTROLS_BUT_MARKS = re.compile("[\x00-\x09\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
 
 # Whisper starts a new cue after a pause this long (seconds) when cues may span segments.
 _LONG_PAUSE = 3.0
@@ -181,7 +185,12 @@ def _cues(
             )
             cues.append((this.start, this.end, marked))
             last = this.end
-    return [(start, max(start, end), c) for start, end, text in cues if (c := _cue_text(text))]
+    # The words' text was cleaned of stray markers (_timed_words), so the highlights are ours.
+    return [
+        (start, max(start, end), c)
+        for start, end, text in cues
+        if (c := _cue_text(text, keep_marks=True))
+    ]
 
 
 def _subtitles(
@@ -239,13 +248,14 @@ def _timed_words(segment: _Segment) -> list[Word]:
 
 
 def _underline(word: str) -> str:
-    return re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", word, flags=re.DOTALL)
+    return re.sub(r"^(\s*)(.*)$", rf"\1{_U_OPEN}\2{_U_CLOSE}", word, flags=re.DOTALL)
 
 
-def _cue_text(text: str) -> str:
+def _cue_text(text: str, *, keep_marks: bool = False) -> str:
     """Cue text a parser reads back whole: no blank lines (they end a cue), no `-->` (it
     starts one), no spaces at line ends."""
-    lines = [" ".join(line.split()) for line in _no_controls(text).splitlines()]
+    text = _CONTROLS_BUT_MARKS.sub(" ", text) if keep_marks else _no_controls(text)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
     cleaned = "\n".join(line for line in lines if line)
     while "-->" in cleaned:
         cleaned = cleaned.replace("-->", "->")
@@ -255,7 +265,7 @@ def _cue_text(text: str) -> str:
 def _srt(cues: Sequence[tuple[float, float, str]]) -> str:
     return "".join(
         f"{n}\n{_timestamp(start, ',', hours=True)} --> {_timestamp(end, ',', hours=True)}\n"
-        f"{text}\n\n"
+        f"{_markup(text)}\n\n"
         for n, (start, end, text) in enumerate(cues, start=1)
     )
 
@@ -270,9 +280,13 @@ def _vtt(cues: Sequence[tuple[float, float, str]]) -> str:
 
 
 def _vtt_escape(text: str) -> str:
-    """`&` and `<` start markup in WebVTT cue text; Whisper's `<u>` highlights stay markup."""
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace("&lt;u&gt;", "<u>").replace("&lt;/u&gt;", "</u>")
+    """`&` and `<` start markup in WebVTT cue text: the transcript's are escaped, only the
+    highlights are markup."""
+    return _markup(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def _markup(text: str) -> str:
+    return text.replace(_U_OPEN, "<u>").replace(_U_CLOSE, "</u>")
 
 
 def _timestamp(seconds: float, decimal_marker: str, *, hours: bool = False) -> str:
@@ -301,7 +315,8 @@ def _ms(seconds: float) -> int:
 
 
 def _no_controls(text: str) -> str:
-    """Control characters (never meaningful in a transcript) as spaces; line breaks kept."""
+    """Control characters (never meaningful in a transcript, and our highlight markers) as
+    spaces; line breaks kept."""
     return _CONTROLS.sub(" ", text)
 
 

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from smap_stt.formats import FORMATS, RENDERED_FORMATS, content_disposition, render
 
 # Text as transcripts (and attackers) have it: any script, plus what breaks subtitle files.
-_TRICKY = st.sampled_from(["-->", "\n", "\n\n", "\r\n", "\t", " ", "&", "<b>", "1", "\u2028"])
+_TRICKY = st.sampled_from(
+    ["-->", "\n", "\n\n", "\r\n", "\t", " ", "&", "<b>", "<u>", "&lt;", "1", "\u2028", "\ue000"]
+)
 _TEXT = st.lists(
     st.one_of(st.text(st.characters(exclude_categories=["Cs"]), max_size=8), _TRICKY),
     max_size=5,
@@ -84,8 +86,11 @@ def _ms(seconds: float) -> int:
 
 
 def _plain(text: str) -> str:
-    """Control characters (tabs and line breaks too) become spaces in every format."""
-    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    """Control characters (tabs and line breaks too) become spaces in every format, and so do
+    the two private-use characters the writers mark highlights with."""
+    return "".join(
+        " " if unicodedata.category(ch) == "Cc" or ch in "\ue000\ue001" else ch for ch in text
+    )
 
 
 def _cleaned(text: str) -> str:
@@ -365,3 +370,11 @@ def test_content_disposition_names_the_original_stem(
     filename: str, extension: str, expected: str
 ) -> None:
     assert content_disposition(filename, extension) == expected
+
+
+def test_markup_said_in_the_audio_stays_text() -> None:
+    document = {"segments": [{"start": 0.0, "end": 1.0, "text": "a <u>b</u> &amp; c"}]}
+    body = render(document, "vtt").body.decode()
+    assert "a &lt;u&gt;b&lt;/u&gt; &amp;amp; c" in body
+    caption = next(iter(webvtt.from_buffer(io.StringIO(body))))
+    assert html.unescape(caption.text) == "a <u>b</u> &amp; c"
