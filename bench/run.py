@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench.run [a b c d e f g h] [--quick]` (all by default).
+"""Run the benchmarks: `python -m bench.run [a b c d e f g h i] [--quick]` (all by default).
 Each prints a Markdown table; all are appended to .bench-data/results.md."""
 
 from __future__ import annotations
@@ -6,7 +6,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import bigupload, compression, dialects, ingest, long, overhead, throughput, verylong
+from bench import (
+    bigupload,
+    compression,
+    dialects,
+    ingest,
+    long,
+    overhead,
+    short,
+    throughput,
+    verylong,
+)
 
 BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "a": overhead.main,
@@ -17,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "f": verylong.main,
     "g": compression.main,
     "h": dialects.main,
+    "i": short.main,
 }
 
 
