@@ -66,6 +66,11 @@ class Engine:
         self._settings = settings
         self._workers = settings.max_concurrent_jobs * settings.threads_per_call
         self._models: dict[str, WhisperModel] = {}
+        # The same model once more as one CTranslate2 worker on every core, for a job that runs
+        # alone with fewer windows than there are single-threaded decoders (issue 14: a lone
+        # 15–30 s file otherwise decodes on one core while the others idle). ~95 MB for base.
+        self._solos: dict[str, WhisperModel] = {}
+        self._calls = 0  # transcribe calls decoding now
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._beam_size = settings.whisper_beam_size
@@ -80,23 +85,32 @@ class Engine:
         with self._lock:
             loaded = self._models.get(model)
             if loaded is None:
-                loaded = self._models[model] = self._load(model)
+                loaded = self._load(model, threads=1, workers=self._workers)
+                if self._workers > 1:
+                    self._solos[model] = self._load(model, threads=self._workers, workers=1)
+                self._models[model] = loaded
             return loaded
 
-    def _load(self, model: str) -> WhisperModel:
+    def _load(self, model: str, *, threads: int, workers: int) -> WhisperModel:
         settings = self._settings
         path = resolve_model(
             settings.whisper_models_dir, model, allow_download=settings.whisper_allow_download
         )
-        logger.info("Loading Whisper model %s from %s", model, path)
+        logger.info(
+            "Loading Whisper model %s from %s (%d worker(s) of %d thread(s))",
+            model,
+            path,
+            workers,
+            threads,
+        )
         try:
-            # One single-threaded CTranslate2 worker per decoding thread; they share weights.
+            # CTranslate2 workers of one model share its weights.
             return WhisperModel(
                 path,
                 device="cpu",
                 compute_type=settings.whisper_compute_type,
-                cpu_threads=1,
-                num_workers=self._workers,
+                cpu_threads=threads,
+                num_workers=workers,
                 download_root=str(settings.whisper_models_dir / ".hub"),
             )
         except (RuntimeError, ValueError, OSError) as exc:
@@ -137,6 +151,7 @@ class Engine:
         job = _Job(
             model=model,
             whisper=whisper,
+            solo=self._solos.get(model),
             language=language,
             progress=_Progress(duration, on_progress),
             options=DecodeOptions(
@@ -158,6 +173,8 @@ class Engine:
         # so the decoding threads never wait for us; two chunks bound the memory.
         flight: deque[_PendingChunk] = deque()
         current: _PendingChunk | None = None
+        with self._lock:
+            self._calls += 1
         try:
             for audio in iter_chunks(
                 path,
@@ -183,6 +200,8 @@ class Engine:
         except Stopped:
             raise JobCancelled("the transcription was stopped") from None
         finally:
+            with self._lock:
+                self._calls -= 1
             # Stopped or failed: nothing of this call may keep the decoding threads busy.
             job.stop.set()
             for pending in (current, *flight):
@@ -218,12 +237,14 @@ class Engine:
                 job.language, job.language_probability = self._wait(job, [future], audio)[0]
             else:
                 job.language, job.language_probability = "en", 1.0
-        groups = min(len(windows), self._workers)
+        whisper, groups = job.whisper, min(len(windows), self._workers)
+        if job.solo is not None and len(windows) < self._workers and self._calls == 1:
+            whisper, groups = job.solo, 1  # alone with few windows: all cores on them
         size = -(-len(windows) // groups) if groups else 0
         futures = [
             self._pool.submit(
                 decode_windows,
-                job.whisper,
+                whisper,
                 windows[first : first + size],
                 language=job.language or "en",
                 options=job.options,
@@ -304,6 +325,7 @@ class _Job:
         *,
         model: str,
         whisper: WhisperModel,
+        solo: WhisperModel | None,
         language: str | None,
         progress: _Progress,
         options: DecodeOptions,
@@ -312,6 +334,7 @@ class _Job:
     ) -> None:
         self.model = model
         self.whisper = whisper
+        self.solo = solo
         self.language = language
         self.language_probability: float | None = None
         self.progress = progress
