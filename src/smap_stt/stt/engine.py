@@ -68,7 +68,8 @@ class Engine:
         self._models: dict[str, WhisperModel] = {}
         # The same model once more as one CTranslate2 worker on every core, for a job that runs
         # alone with fewer windows than there are single-threaded decoders (issue 14: a lone
-        # 15–30 s file otherwise decodes on one core while the others idle). ~95 MB for base.
+        # 15–30 s file otherwise decodes on one core while the others idle). ~95 MB for base;
+        # loaded in the background once the model itself is, so no job waits for it.
         self._solos: dict[str, WhisperModel] = {}
         self._calls = 0  # transcribe calls decoding now
         self._rtf: dict[str, float] = {}
@@ -85,11 +86,21 @@ class Engine:
         with self._lock:
             loaded = self._models.get(model)
             if loaded is None:
-                loaded = self._load(model, threads=1, workers=self._workers)
-                if self._workers > 1:
-                    self._solos[model] = self._load(model, threads=self._workers, workers=1)
-                self._models[model] = loaded
+                loaded = self._models[model] = self._load(model, threads=1, workers=self._workers)
+                if self._workers > 1:  # in the background: jobs need not wait for it
+                    threading.Thread(
+                        target=self._load_solo, args=(model,), name="whisper-solo", daemon=True
+                    ).start()
             return loaded
+
+    def _load_solo(self, model: str) -> None:
+        try:
+            solo = self._load(model, threads=self._workers, workers=1)
+        except Exception:  # the main model loaded: lone jobs just keep to one core
+            logger.exception("Could not load a second copy of %s for lone jobs", model)
+            return
+        with self._lock:
+            self._solos[model] = solo
 
     def _load(self, model: str, *, threads: int, workers: int) -> WhisperModel:
         settings = self._settings
@@ -151,7 +162,6 @@ class Engine:
         job = _Job(
             model=model,
             whisper=whisper,
-            solo=self._solos.get(model),
             language=language,
             progress=_Progress(duration, on_progress),
             options=DecodeOptions(
@@ -238,8 +248,11 @@ class Engine:
             else:
                 job.language, job.language_probability = "en", 1.0
         whisper, groups = job.whisper, min(len(windows), self._workers)
-        if job.solo is not None and len(windows) < self._workers and self._calls == 1:
-            whisper, groups = job.solo, 1  # alone with few windows: all cores on them
+        solo = self._solos.get(job.model)
+        # Only a file of one chunk: chunks of a longer one are decoded two at a time anyway.
+        one_chunk = job.progress.duration < self._settings.whisper_chunk_seconds
+        if solo is not None and one_chunk and len(windows) < self._workers and self._calls == 1:
+            whisper, groups = solo, 1  # alone with few windows: all cores on them
         size = -(-len(windows) // groups) if groups else 0
         futures = [
             self._pool.submit(
@@ -325,7 +338,6 @@ class _Job:
         *,
         model: str,
         whisper: WhisperModel,
-        solo: WhisperModel | None,
         language: str | None,
         progress: _Progress,
         options: DecodeOptions,
@@ -334,7 +346,6 @@ class _Job:
     ) -> None:
         self.model = model
         self.whisper = whisper
-        self.solo = solo
         self.language = language
         self.language_probability: float | None = None
         self.progress = progress
@@ -383,13 +394,13 @@ class _Progress:
     """Progress of one transcribe call: percent of the audio, never going backwards."""
 
     def __init__(self, duration: float, on_progress: Callable[[float], None] | None) -> None:
-        self._duration = duration
+        self.duration = duration
         self._on_progress = on_progress
         self._percent = 0.0
 
     def report(self, seconds: float) -> None:
         """Audio up to `seconds` is done; stays below 100 % until `finish` (durations lie)."""
-        percent = 99.9 if self._duration <= 0 else min(99.9, 100.0 * seconds / self._duration)
+        percent = 99.9 if self.duration <= 0 else min(99.9, 100.0 * seconds / self.duration)
         self._call(percent)
 
     def finish(self) -> None:
