@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from smap_stt import webhooks
 from smap_stt.jobs import Job, JobStatus
@@ -153,6 +154,19 @@ class SegmentOut(BaseModel):
     start: float
     end: float
     text: str
+
+
+class VerboseTranscript(BaseModel):
+    """`?format=verbose_json`: OpenAI's verbose transcription (task, language, duration, text,
+    segments, and words when word timestamps were asked for)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    language: str
+    duration: float
+    text: str
+    segments: list[dict[str, Any]]
 
 
 class JobResultResponse(BaseModel):

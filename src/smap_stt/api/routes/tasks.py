@@ -22,6 +22,7 @@ from smap_stt.api.schemas import (
     SegmentOut,
     UploadDetails,
     UploadResponse,
+    VerboseTranscript,
 )
 from smap_stt.api.upload import receive_upload, unlink_spool
 from smap_stt.backends import Backends
@@ -318,8 +319,12 @@ async def job_status(
 
 @router.get(
     "/{job_id}/result",
-    response_model=JobResultResponse,
-    responses=ERRORS,
+    response_model=JobResultResponse | VerboseTranscript,
+    # `format=` other than json answers the file itself, with its own content type.
+    responses={
+        **ERRORS,
+        200: {"content": {k: v for k, v in _FORMAT_CONTENT.items() if k != "application/json"}},
+    },
     summary="Transcript of a job (transcription is null until it is COMPLETED)",
 )
 async def job_result(
