@@ -73,13 +73,28 @@ class RabbitNode:
             start_new_session=True,
         )
         try:
-            self.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
+            self._await_startup(timeout)
             self._wait_port(timeout=30)
         except (RabbitNodeError, subprocess.TimeoutExpired) as exc:
             self.stop()
             tail = (self.base / "server.log").read_text(errors="replace")[-2000:]
             raise RabbitNodeError(f"the test RabbitMQ node did not start: {exc}\n{tail}") from exc
         return self
+
+    def _await_startup(self, timeout: float) -> None:
+        # `await_startup` waits for a booting node but fails at once while the node has not yet
+        # registered with epmd, which a fresh VM's first seconds can take: ask again until then.
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.ctl("await_startup", "--timeout", str(max(1, int(remaining))), timeout=remaining + 10)
+                return
+            except RabbitNodeError:
+                exited = self._popen is not None and self._popen.poll() is not None
+                if exited or time.monotonic() + 1 > deadline:
+                    raise
+                time.sleep(1)
 
     def _wait_port(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
