@@ -88,7 +88,12 @@ class RabbitNode:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                self.ctl("await_startup", "--timeout", str(max(1, int(remaining))), timeout=remaining + 10)
+                self.ctl(
+                    "await_startup",
+                    "--timeout",
+                    str(max(1, int(remaining))),
+                    timeout=remaining + 10,
+                )
                 return
             except RabbitNodeError:
                 exited = self._popen is not None and self._popen.poll() is not None
