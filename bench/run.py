@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m bench.run [a b c d e f g h i] [--quick]` (all by default).
+"""Run the benchmarks: `python -m bench.run [a b c d e f g h i j] [--quick]` (all by default).
 Each prints a Markdown table; all are appended to .bench-data/results.md."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from bench import (
     bigupload,
     compression,
     dialects,
+    fanout,
     ingest,
     long,
     overhead,
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[bool], str]] = {
     "g": compression.main,
     "h": dialects.main,
     "i": short.main,
+    "j": fanout.main,
 }
 
 

@@ -32,8 +32,9 @@ async def delete_topology(url: str, exchange: str, queue: str) -> None:
     """Delete the queues and exchanges smap-stt declares for these names."""
     connection = await aio_pika.connect(url)
     async with connection:
-        names = [queue, f"{queue}.dead", f"{queue}.dead-events"]
-        names += [f"{queue}.retry.{delay}s" for delay in (1, 2, 5, 30, 120)]
+        names = [queue, f"{queue}.chunks", f"{queue}.dead", f"{queue}.dead-events"]
+        for lane in (queue, f"{queue}.chunks"):
+            names += [f"{lane}.retry.{delay}s" for delay in (1, 2, 5, 30, 120)]
         for name in names:
             channel = await connection.channel()
             with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,18 @@ class Service:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()[-4000:]}" for p in self.procs)
+
+    def cli(self, *args: str) -> str:
+        """Run `smap-stt ARGS` with this service's settings; its output (it must succeed)."""
+        result = subprocess.run(
+            [*SMAP_STT, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+
+ServiceFactory = Callable[..., Service]
+"""The `service` fixture: makes a Service from settings (environment variables)."""
 
 
 def wait_http(url: str, proc: Proc | None = None, timeout: float = 60) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from smap_stt.backends import Backends
 from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
 from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
-from smap_stt.queue.base import QueueStats, decode_message, store_stats
+from smap_stt.queue.base import QueueStats, decode_message, is_chunk_message, store_stats
 from smap_stt.queue.rabbitmq import RabbitQueue
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,9 @@ async def requeue_dead(
 
 
 async def purge(backends: Backends) -> int:
-    """Drain the work queue (and the delayed retries): every drained message's job ends
-    FAILED "purged by operator". Embedded: every PENDING job. Returns how many jobs."""
+    """Drain the work and chunk queues (and the delayed retries): every drained message's job
+    ends FAILED "purged by operator" (a job whose chunk was drained too, although it runs).
+    Embedded: every PENDING job. Returns how many jobs."""
     store, queue = backends.store, backends.queue
     failed = 0
 
@@ -233,11 +234,25 @@ async def purge(backends: Backends) -> int:
             if await store.fail(job_id, PURGE_REASON):
                 failed += 1
 
+    async def drain_running(job_id: str) -> None:
+        # A chunk of a file split across workers: without it the job cannot finish, so the
+        # job ends FAILED too (its coordinator and its other chunks see it and stop).
+        nonlocal failed
+        with contextlib.suppress(JobNotFound):
+            if (await store.get(job_id)).status.final:
+                return
+            if await store.fail(job_id, PURGE_REASON):
+                failed += 1
+
     if isinstance(queue, RabbitQueue):
 
         async def take(body: bytes, _: dict[str, Any]) -> bool:
             with contextlib.suppress(ValueError):
-                await drain(decode_message(body).job_id)
+                job_id = decode_message(body).job_id
+                if is_chunk_message(body):
+                    await drain_running(job_id)
+                else:
+                    await drain(job_id)
             return True
 
         await queue.browse("work", take)

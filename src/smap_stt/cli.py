@@ -244,6 +244,8 @@ def _queue(settings: Settings, args: argparse.Namespace) -> None:
         source = "job store (embedded queue of `serve`)" if embedded else "RabbitMQ"
         print(f"queues ({source}):")
         print(f"  work   {stats.work:>8}  waiting to be processed")
+        if not embedded:
+            print(f"  chunks {stats.chunks:>8}  chunks of long files, waiting for any worker")
         print(f"  retry  {stats.retry:>8}  waiting for a delayed retry")
         print(f"  dead   {stats.dead:>8}  {'FAILED jobs' if embedded else 'dead letters'}")
         consumers = "not known here (see /metrics)" if stats.consumers is None else stats.consumers

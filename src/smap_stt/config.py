@@ -253,6 +253,19 @@ class Settings(BaseSettings):
     whisper_chunk_seconds: float = Field(
         120, ge=10, description="Audio per checkpointed chunk of a long file."
     )
+    fanout_min_seconds: float = Field(
+        300,
+        ge=0,
+        description="Files at least this long are split into chunks that any worker may "
+        "take, so several workers share one file (RabbitMQ only; 0: never). Shorter files "
+        "stay one unit of work.",
+    )
+    fanout_chunk_seconds: float = Field(
+        60,
+        ge=10,
+        description="Audio per chunk of a file split across workers: smaller spreads a file "
+        "more evenly, larger wastes less at the cut points.",
+    )
     whisper_allow_download: bool = Field(
         False, description="Let faster-whisper fetch unknown model names from the hub."
     )

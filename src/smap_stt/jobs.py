@@ -168,14 +168,18 @@ class Job:
         return cls(**values)
 
 
-def give_up_reason(job: Job, max_attempts: int, why: str) -> str | None:
+def give_up_reason(
+    job: Job | int, max_attempts: int, why: str, *, what: str = "attempts"
+) -> str | None:
     """The one rule for giving up on a job, shared by the worker's message path and the
     recovery sweeps: once `max_attempts` attempts were made, whatever stopped the last one
     (an error, a silent worker, a crashed process) ends the job FAILED with this reason instead
-    of starting it again. None: it may run again."""
-    if job.attempts < max_attempts:
+    of starting it again. None: it may run again. A chunk of a fanned-out file counts its
+    own tries (`job` is then that count, `what` "tries")."""
+    attempts = job if isinstance(job, int) else job.attempts
+    if attempts < max_attempts:
         return None
-    return f"gave up after {job.attempts} attempts: {why}"
+    return f"gave up after {attempts} {what}: {why}"
 
 
 def result_key(job_id: str) -> str:
@@ -196,3 +200,26 @@ class JobMessage:
     @classmethod
     def for_job(cls, job: Job) -> JobMessage:
         return cls(job_id=job.id, language=job.language, model=job.model, filename=job.filename)
+
+
+@dataclass(frozen=True)
+class ChunkMessage:
+    """A chunk of a long file, for whichever worker takes it (issue 14, worker/fanout.py):
+    samples [start, end) of the job's audio at 16 kHz, stored as a WAV of their own at
+    `audio_key`, to be transcribed in `language` and checkpointed as chunk `index`."""
+
+    job_id: str
+    index: int
+    start: int
+    end: int
+    language: str
+    audio_key: str
+
+
+def chunk_audio_prefix(job_id: str) -> str:
+    """Where a fanned-out job's chunk audio lives while the job runs."""
+    return f"chunks/{job_id}/"
+
+
+def chunk_audio_key(job_id: str, index: int) -> str:
+    return f"{chunk_audio_prefix(job_id)}{index:05d}.wav"

@@ -138,9 +138,10 @@ AUDIO_DELETED = Counter(
 
 # --- read at scrape time --------------------------------------------------------------------
 
-QUEUE_NAMES = ("work", "retry", "dead")
+QUEUE_NAMES = ("work", "chunks", "retry", "dead")
 SCRAPE_METRICS = {
-    "smap_stt_queue_messages": "Messages waiting per queue: work, retry (delayed retries), dead.",
+    "smap_stt_queue_messages": "Messages waiting per queue: work (jobs), chunks (chunks of "
+    "files split across workers), retry (delayed retries of both), dead.",
     "smap_stt_queue_consumers": "Consumers attached to the work queue.",
     "smap_stt_queue_oldest_pending_seconds": "Age of the oldest PENDING job (0: none).",
     "smap_stt_queue_up": "1 if the queue and the job store answered this scrape, else 0.",
@@ -257,7 +258,12 @@ async def queue_figures(backends: Backends) -> QueueFigures | None:
         return None
     age = (utcnow() - oldest[0].created_at).total_seconds() if oldest else 0.0
     return QueueFigures(
-        messages={"work": stats.work, "retry": stats.retry, "dead": stats.dead},
+        messages={
+            "work": stats.work,
+            "chunks": stats.chunks,
+            "retry": stats.retry,
+            "dead": stats.dead,
+        },
         consumers=stats.consumers,
         oldest_pending_seconds=max(0.0, age),
     )

@@ -30,7 +30,15 @@ from smap_stt.errors import (
     JobConflict,
     JobNotFound,
 )
-from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, result_key, utcnow
+from smap_stt.jobs import (
+    Job,
+    JobMessage,
+    JobStatus,
+    chunk_audio_prefix,
+    new_job_id,
+    result_key,
+    utcnow,
+)
 from smap_stt.keys import OPEN, Principal
 from smap_stt.stt import audio, bucket_models
 from smap_stt.stt.languages import normalize_language
@@ -376,6 +384,7 @@ async def delete_job(backends: Backends, job_id: str, *, principal: Principal) -
     keys = {job.audio_key, job.result_key, result_key(job.id)}
     for key in sorted(key for key in keys if key):
         await backends.blobs.delete(key)
+    await backends.blobs.delete_prefix(chunk_audio_prefix(job.id))  # a fanned-out job's
     return job
 
 

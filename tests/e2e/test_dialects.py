@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,10 +16,8 @@ import openai
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import Service, base_env, free_port
+from tests.procs import Service, ServiceFactory, base_env, free_port
 from tests.speech import wer
-
-ServiceFactory = Callable[..., Service]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ import pymongo
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import ROOT, SMAP_STT, Service, completions, upload, wait_final
+from tests.procs import ROOT, SMAP_STT, ServiceFactory, completions, upload, wait_final
 from tests.servers import MongoServer, S3Server
 from tests.speech import wer
 
-ServiceFactory = Callable[..., Service]
 pytestmark = pytest.mark.timeout(600)
 
 

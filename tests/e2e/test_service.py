@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import Service, upload, wait_final, wait_running
+from tests.procs import ServiceFactory, upload, wait_final, wait_running
 from tests.speech import cached_speech, wer
-
-ServiceFactory = Callable[..., Service]
 
 
 def _watch(

@@ -4,15 +4,14 @@ restart under load and RabbitMQ's consumer timeout. The shared broker is never t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import Service, completions, upload, wait_final, wait_running
+from tests.procs import ServiceFactory, completions, upload, wait_final, wait_running
 from tests.rabbit_node import RabbitNode
 
-ServiceFactory = Callable[..., Service]
 pytestmark = pytest.mark.timeout(600)
 
 TIMED_OUT = "timed out waiting for delivery acknowledgement"

@@ -9,17 +9,15 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable
 
 import aio_pika
 import pytest
 
 from tests.conftest import AMQP_URL, Clip
 from tests.faults.proxy import TcpProxy
-from tests.procs import Service, completions, upload, wait_final, wait_running
+from tests.procs import ServiceFactory, completions, upload, wait_final, wait_running
 from tests.speech import wer
 
-ServiceFactory = Callable[..., Service]
 pytestmark = pytest.mark.timeout(600)
 
 

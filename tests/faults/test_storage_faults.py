@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Clip
-from tests.procs import FINAL, Service, completions, upload, wait_final, wait_running
+from tests.procs import (
+    FINAL,
+    ServiceFactory,
+    completions,
+    upload,
+    wait_final,
+    wait_running,
+)
 from tests.servers import MongoServer, S3Server
 from tests.speech import wer
-
-ServiceFactory = Callable[..., Service]
 
 
 def _status(client: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -16,11 +16,7 @@ from tests.procs import ROOT, SMAP_STT, Service, upload, wait_final
 
 
 def cli(svc: Service, *args: str) -> str:
-    result = subprocess.run(
-        [*SMAP_STT, *args], env=svc.env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return svc.cli(*args)
 
 
 def statuses(client: httpx.Client) -> dict[str, dict[str, object]]:

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 
@@ -14,6 +15,7 @@ from smap_stt.jobs import JobMessage
 from smap_stt.queue.base import Delivery, Handler, JobQueue, decode_message
 from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.queue.rabbitmq import RabbitQueue
+from smap_stt.store.base import JobStore
 from tests.conftest import AMQP_URL, delete_topology
 from tests.faults.proxy import TcpProxy
 
@@ -220,4 +222,34 @@ async def test_an_unsettled_message_is_redelivered_after_a_dropped_connection(
     finally:
         await through_proxy.close()
         proxy.stop()
+        await delete_topology(AMQP_URL, f"test-{tag}", f"test-{tag}")
+
+
+async def test_chunk_messages_have_their_own_lane_retries_and_priorities() -> None:
+    """RabbitMQ only (the embedded queue does not split files): chunk messages reach chunk
+    consumers only, by priority, and a retried chunk comes back to the chunk queue."""
+    tag = uuid.uuid4().hex[:8]
+    queue = rabbit_queue(AMQP_URL, tag)
+    await queue.open()
+    try:
+        assert queue.fans_out and not EmbeddedQueue().fans_out
+        for job_id, priority in (("low", 0), ("high", 9)):
+            await queue.publish_chunk(job_id.encode(), priority=priority, message_id=job_id)
+        jobs, chunks = acking(), Recorder()
+        await consume(queue, jobs)
+        await queue.consume_chunks(chunks, prefetch=1)
+        await chunks.wait_for(1)
+        assert chunks.deliveries[0].body == b"high"
+        await chunks.deliveries[0].retry_later(RETRY_DELAY, attempt=1)
+        await chunks.wait_for(2)
+        await chunks.deliveries[1].ack()
+        await chunks.wait_for(3, within=20)
+        assert [d.body for d in chunks.deliveries] == [b"high", b"low", b"high"]
+        assert chunks.deliveries[2].retry_of == 1
+        await chunks.deliveries[2].ack()
+        assert jobs.deliveries == []
+        stats = await queue.stats(cast(JobStore, None))
+        assert (stats.work, stats.chunks, stats.retry) == (0, 0, 0)
+    finally:
+        await queue.close()
         await delete_topology(AMQP_URL, f"test-{tag}", f"test-{tag}")

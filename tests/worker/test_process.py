@@ -15,15 +15,15 @@ from smap_stt.backends import Backends
 from smap_stt.blobs.local import LocalBlobStore
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable, JobNotFound
-from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, utcnow
-from smap_stt.queue.base import Delivery, encode_message
+from smap_stt.jobs import ChunkMessage, Job, JobMessage, JobStatus, new_job_id, utcnow
+from smap_stt.queue.base import Delivery, encode_chunk_message, encode_message
 from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.recovery import recover_once, requeue_after_restart
 from smap_stt.store.sqlite import SqliteJobStore
 from smap_stt.stt.engine import Engine
 from smap_stt.stt.results import ChunkTranscript
 from smap_stt.worker import process
-from smap_stt.worker.process import WorkerContext, handle_delivery
+from smap_stt.worker.process import WorkerContext, handle_chunk, handle_delivery
 
 MAX_ATTEMPTS = 2
 
@@ -54,7 +54,13 @@ class FaultyStore(SqliteJobStore):
     """SQLite, with `claim` (or `save_chunk`) replaced by a fault when one is set."""
 
     claim_error: Exception | None = None
+    chunks_error: Exception | None = None
     save_chunk_delay: float = 0
+
+    async def chunk_indices(self, job_id: str) -> list[int]:
+        if self.chunks_error is not None:
+            raise self.chunks_error
+        return await super().chunk_indices(job_id)
 
     async def claim(self, job_id: str, worker_id: str, *, takeover: bool = False) -> Job | None:
         if self.claim_error is not None:
@@ -194,3 +200,60 @@ async def test_slow_checkpoint_is_a_store_problem_not_a_job_timeout(
     with pytest.raises(BackendUnavailable, match="checkpoint"):
         await asyncio.to_thread(control.on_chunk, ChunkTranscript(index=0, start=0, end=30))
     assert await ctx.backends.store.load_chunks(job.id) == []
+
+
+# --- chunks of a file split across workers (issue 14) -----------------------------------------
+
+
+def _chunk_delivery(job_id: str, *, retry_of: int | None = None) -> RecordingDelivery:
+    delivery = RecordingDelivery(job_id)
+    message = ChunkMessage(
+        job_id=job_id, index=3, start=0, end=16000, language="en", audio_key="chunks/x/3.wav"
+    )
+    delivery.body = encode_chunk_message(message)
+    delivery.retry_of = retry_of
+    return delivery
+
+
+async def _running_job(ctx: WorkerContext) -> Job:
+    job = await _job(ctx)
+    claimed = await ctx.backends.store.claim(job.id, "coordinator")
+    assert claimed is not None
+    return claimed
+
+
+async def test_a_chunk_whose_store_fails_is_retried_then_fails_its_job(ctx: WorkerContext) -> None:
+    job = await _running_job(ctx)
+    _store(ctx).chunks_error = BackendUnavailable("sqlite", "database is locked")
+    first = _chunk_delivery(job.id)
+    await handle_chunk(ctx, first)
+    assert first.settled == ["retry_later"]
+    assert (await ctx.backends.store.get(job.id)).status is JobStatus.PROCESSING
+    last = _chunk_delivery(job.id, retry_of=MAX_ATTEMPTS - 1)
+    await handle_chunk(ctx, last)
+    assert last.settled == ["dead_letter"]
+    failed = await ctx.backends.store.get(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error_message == (
+        f"gave up after {MAX_ATTEMPTS} tries: chunk 3: sqlite is unavailable: database is locked"
+    )
+
+
+async def test_a_chunk_of_a_job_no_longer_running_is_dropped(ctx: WorkerContext) -> None:
+    job = await _running_job(ctx)
+    assert await ctx.backends.store.cancel(job.id)
+    _store(ctx).chunks_error = BackendUnavailable("sqlite", "never asked")  # nor needed
+    delivery = _chunk_delivery(job.id)
+    await handle_chunk(ctx, delivery)
+    assert delivery.settled == ["ack"]
+    gone = _chunk_delivery(new_job_id())
+    await handle_chunk(ctx, gone)
+    assert gone.settled == ["ack"]
+
+
+async def test_a_malformed_chunk_message_is_dead_lettered(ctx: WorkerContext) -> None:
+    job = await _running_job(ctx)
+    delivery = RecordingDelivery(job.id)  # a job message where a chunk message belongs
+    await handle_chunk(ctx, delivery)
+    assert delivery.settled == ["dead_letter"]
+    assert (await ctx.backends.store.get(job.id)).status is JobStatus.PROCESSING

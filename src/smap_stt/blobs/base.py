@@ -45,6 +45,13 @@ class BlobStore(ABC):
     @abstractmethod
     async def list_keys(self, prefix: str) -> list[str]: ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with `prefix`; returns how many."""
+        keys = await self.list_keys(prefix)
+        for key in keys:
+            await self.delete(key)
+        return len(keys)
+
     @abstractmethod
     async def presigned_url(self, key: str) -> str | None:
         """A URL a client can fetch the object from directly, or None if the store has no such

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from smap_stt.jobs import JobMessage, JobStatus
+from smap_stt.jobs import ChunkMessage, JobMessage, JobStatus
 
 if TYPE_CHECKING:
     from smap_stt.store.base import JobStore
@@ -19,8 +19,11 @@ __all__ = [
     "Handler",
     "JobQueue",
     "QueueStats",
+    "decode_chunk_message",
     "decode_message",
+    "encode_chunk_message",
     "encode_message",
+    "is_chunk_message",
     "store_stats",
 ]
 
@@ -30,18 +33,54 @@ def encode_message(message: JobMessage) -> bytes:
 
 
 def decode_message(body: bytes) -> JobMessage:
-    """Raise ValueError for anything that is not a well-formed job message."""
+    """Raise ValueError for anything that is not a well-formed job message. A chunk message
+    reads as its job's message too (what dead letters and operators need of it)."""
+    data = _json_object(body)
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 100:
+        raise ValueError("message has no valid job_id")
+    fields = {name: str(data.get(name) or "") for name in ("language", "model", "filename")}
+    return JobMessage(job_id=job_id, **fields)
+
+
+def encode_chunk_message(message: ChunkMessage) -> bytes:
+    return json.dumps(asdict(message)).encode()
+
+
+def decode_chunk_message(body: bytes) -> ChunkMessage:
+    """Raise ValueError for anything that is not a well-formed chunk message."""
+    job_id = decode_message(body).job_id
+    data = _json_object(body)
+    numbers = [data.get(name) for name in ("index", "start", "end")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise ValueError("chunk message has no valid index, start and end")
+    index, start, end = (int(n) for n in numbers)  # type: ignore[arg-type]
+    if end <= start:
+        raise ValueError("chunk message has an empty span")
+    language, audio_key = data.get("language"), data.get("audio_key")
+    if not isinstance(language, str) or not isinstance(audio_key, str) or not audio_key:
+        raise ValueError("chunk message has no valid language and audio_key")
+    return ChunkMessage(
+        job_id=job_id, index=index, start=start, end=end, language=language, audio_key=audio_key
+    )
+
+
+def is_chunk_message(body: bytes) -> bool:
+    try:
+        decode_chunk_message(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"message body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("message body is not a JSON object")
-    job_id = data.get("job_id")
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 100:
-        raise ValueError("message has no valid job_id")
-    fields = {name: str(data.get(name) or "") for name in ("language", "model", "filename")}
-    return JobMessage(job_id=job_id, **fields)
+    return data
 
 
 class Delivery(ABC):
@@ -86,12 +125,17 @@ class QueueStats:
     retry: int
     dead: int
     consumers: int | None
+    chunks: int = 0
+    """Chunks of long files waiting for any worker (issue 14); 0 where files are not split."""
 
 
 class JobQueue(ABC):
     """Every method may raise `QueueUnavailable` when the broker does not answer."""
 
     name: str
+    fans_out: bool = False
+    """Whether chunks of one file can go to other workers (`publish_chunk`, `consume_chunks`):
+    only across processes; the embedded queue serves one process, which fan-out cannot speed."""
 
     async def open(self) -> None: ...
 
@@ -104,6 +148,13 @@ class JobQueue(ABC):
     @abstractmethod
     async def consume(self, handler: Handler, *, prefetch: int) -> None:
         """Start delivering messages to `handler`, at most `prefetch` unsettled at once."""
+
+    async def publish_chunk(self, body: bytes, *, priority: int, message_id: str) -> None:
+        """Publish a chunk message (see `fans_out`)."""
+        raise NotImplementedError(f"the {self.name} queue does not split files")
+
+    async def consume_chunks(self, handler: Handler, *, prefetch: int) -> None:
+        """Start delivering chunk messages to `handler`; no-op where `fans_out` is False."""
 
     async def consume_dead_events(self, handler: Handler) -> None:
         """Deliver a copy of every message that left the work queue for good (rejected,

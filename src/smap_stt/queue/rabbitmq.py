@@ -6,7 +6,10 @@ Topology, all durable:
 - `stt_exchange.dlx` (fanout) → `stt_jobs_queue.dead` (kept for operators) and
   `stt_jobs_queue.dead-events` (read by workers to mark the jobs of dead messages FAILED);
 - `stt_jobs_queue.retry.<N>s`: wait queues whose messages expire after N seconds and dead-letter
-  back to the work exchange, which is how a retry is delayed.
+  back to the work exchange, which is how a retry is delayed;
+- `stt_jobs_queue.chunks` (routing key `<RABBITMQ_ROUTING_KEY>.chunks`, same arguments as the
+  work queue) and its own `stt_jobs_queue.chunks.retry.<N>s`: the chunks of long files fanned
+  out across workers (issue 14, worker/fanout.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import (
@@ -37,10 +40,16 @@ RETRY_HEADER = "x-smap-retry-of"
 DEAD_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
 _TIMEOUT = 10.0
 
+Lane = Literal["work", "chunks"]
+"""Job messages, or chunk messages of fanned-out files: each has its queue and wait queues."""
+
 
 class RabbitDelivery(Delivery):
-    def __init__(self, queue: RabbitQueue, message: AbstractIncomingMessage) -> None:
+    def __init__(
+        self, queue: RabbitQueue, message: AbstractIncomingMessage, lane: Lane = "work"
+    ) -> None:
         self._queue = queue
+        self._lane = lane
         self._message = message
         self._acked = False
         self.body = message.body
@@ -79,6 +88,7 @@ class RabbitDelivery(Delivery):
             message_id=self._message.message_id,
             delay=delay,
             headers={RETRY_HEADER: attempt},
+            lane=self._lane,
         )
         await self.ack()
 
@@ -91,6 +101,7 @@ class RabbitDelivery(Delivery):
                 self.body,
                 priority=self._message.priority or 0,
                 message_id=self._message.message_id,
+                lane=self._lane,
             )
             return
         await self._settle("nack", requeue=True)
@@ -98,6 +109,7 @@ class RabbitDelivery(Delivery):
 
 class RabbitQueue(JobQueue):
     name = "rabbitmq"
+    fans_out = True
 
     def __init__(
         self,
@@ -138,8 +150,18 @@ class RabbitQueue(JobQueue):
     def dead_events_queue_name(self) -> str:
         return f"{self._queue_name}.dead-events"
 
-    def wait_queue_name(self, delay: int) -> str:
-        return f"{self._queue_name}.retry.{delay}s"
+    @property
+    def chunk_queue_name(self) -> str:
+        return f"{self._queue_name}.chunks"
+
+    def _queue_for(self, lane: Lane) -> str:
+        return self._queue_name if lane == "work" else self.chunk_queue_name
+
+    def _routing_key_for(self, lane: Lane) -> str:
+        return self._routing_key if lane == "work" else f"{self._routing_key}.chunks"
+
+    def wait_queue_name(self, delay: int, lane: Lane = "work") -> str:
+        return f"{self._queue_for(lane)}.retry.{delay}s"
 
     async def open(self) -> None:
         """Connect if the broker answers; if not, publishing raises `QueueUnavailable` and the
@@ -233,16 +255,21 @@ class RabbitQueue(JobQueue):
                 channel = await self._connection.channel()
                 queue = await channel.declare_queue(self._queue_name, passive=True)
             await queue.bind(exchange, self._routing_key)
-            for delay in self._delays:
-                await channel.declare_queue(
-                    self.wait_queue_name(delay),
-                    durable=True,
-                    arguments={
-                        "x-message-ttl": delay * 1000,
-                        "x-dead-letter-exchange": self._exchange_name,
-                        "x-dead-letter-routing-key": self._routing_key,
-                    },
-                )
+            chunks = await channel.declare_queue(
+                self.chunk_queue_name, durable=True, arguments=arguments
+            )
+            await chunks.bind(exchange, self._routing_key_for("chunks"))
+            for lane in ("work", "chunks"):
+                for delay in self._delays:
+                    await channel.declare_queue(
+                        self.wait_queue_name(delay, lane),
+                        durable=True,
+                        arguments={
+                            "x-message-ttl": delay * 1000,
+                            "x-dead-letter-exchange": self._exchange_name,
+                            "x-dead-letter-routing-key": self._routing_key_for(lane),
+                        },
+                    )
         finally:
             if not channel.is_closed:
                 await channel.close()
@@ -269,6 +296,9 @@ class RabbitQueue(JobQueue):
             encode_message(message), priority=priority, message_id=message.job_id
         )
 
+    async def publish_chunk(self, body: bytes, *, priority: int, message_id: str) -> None:
+        await self.publish_raw(body, priority=priority, message_id=message_id, lane="chunks")
+
     async def publish_raw(
         self,
         body: bytes,
@@ -277,6 +307,7 @@ class RabbitQueue(JobQueue):
         message_id: str | None,
         delay: float = 0,
         headers: dict[str, Any] | None = None,
+        lane: Lane = "work",
     ) -> None:
         message = aio_pika.Message(
             body,
@@ -290,11 +321,11 @@ class RabbitQueue(JobQueue):
             channel = await self._ensure()
             async with asyncio.timeout(_TIMEOUT):
                 if delay > 0:
-                    name = self.wait_queue_name(self._nearest_delay(delay))
+                    name = self.wait_queue_name(self._nearest_delay(delay), lane)
                     await channel.default_exchange.publish(message, routing_key=name)
                 else:
                     exchange = await channel.get_exchange(self._exchange_name, ensure=False)
-                    await exchange.publish(message, routing_key=self._routing_key)
+                    await exchange.publish(message, routing_key=self._routing_key_for(lane))
         except QueueUnavailable:
             raise
         except asyncio.CancelledError:
@@ -309,10 +340,15 @@ class RabbitQueue(JobQueue):
     async def consume(self, handler: Handler, *, prefetch: int) -> None:
         await self._consume(self._queue_name, prefetch, handler)
 
+    async def consume_chunks(self, handler: Handler, *, prefetch: int) -> None:
+        await self._consume(self.chunk_queue_name, prefetch, handler, lane="chunks")
+
     async def consume_dead_events(self, handler: Handler) -> None:
         await self._consume(self.dead_events_queue_name, 10, handler)
 
-    async def _consume(self, name: str, prefetch: int, handler: Handler) -> None:
+    async def _consume(
+        self, name: str, prefetch: int, handler: Handler, *, lane: Lane = "work"
+    ) -> None:
         await self._ensure()
         assert self._connection is not None
         channel = await self._connection.channel()
@@ -322,7 +358,7 @@ class RabbitQueue(JobQueue):
 
         async def deliver(message: AbstractIncomingMessage) -> None:
             # Run each delivery as its own task so the consumer keeps reading while jobs run.
-            task = asyncio.create_task(handler(RabbitDelivery(self, message)))
+            task = asyncio.create_task(handler(RabbitDelivery(self, message, lane)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -380,11 +416,10 @@ class RabbitQueue(JobQueue):
             try:
                 async with asyncio.timeout(5):
                     work = await channel.declare_queue(self._queue_name, passive=True)
+                    chunks = await channel.declare_queue(self.chunk_queue_name, passive=True)
                     retry = 0
-                    for delay in self._delays:
-                        wait = await channel.declare_queue(
-                            self.wait_queue_name(delay), passive=True
-                        )
+                    for name in self.admin_queue_names("retry"):
+                        wait = await channel.declare_queue(name, passive=True)
                         retry += wait.declaration_result.message_count or 0
                     dead = await channel.declare_queue(self.dead_queue_name, passive=True)
             finally:
@@ -399,14 +434,19 @@ class RabbitQueue(JobQueue):
             retry=retry,
             dead=dead.declaration_result.message_count or 0,
             consumers=work.declaration_result.consumer_count or 0,
+            chunks=chunks.declaration_result.message_count or 0,
         )
 
     def admin_queue_names(self, which: str) -> list[str]:
-        """The broker queues behind `work`, `retry` or `dead`."""
+        """The broker queues behind `work` (job and chunk messages), `retry` or `dead`."""
         if which == "work":
-            return [self._queue_name]
+            return [self._queue_name, self.chunk_queue_name]
         if which == "retry":
-            return [self.wait_queue_name(delay) for delay in self._delays]
+            return [
+                self.wait_queue_name(delay, lane)
+                for lane in ("work", "chunks")
+                for delay in self._delays
+            ]
         return [self.dead_queue_name]
 
     async def browse(

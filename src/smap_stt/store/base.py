@@ -135,6 +135,10 @@ class JobStore(ABC):
         """Checkpointed chunks of a job, in index order."""
 
     @abstractmethod
+    async def chunk_indices(self, job_id: str) -> list[int]:
+        """The indices of a job's checkpointed chunks, in order (their data is not read)."""
+
+    @abstractmethod
     async def delete_chunks(self, job_id: str) -> None: ...
 
     @abstractmethod

@@ -355,6 +355,12 @@ class MongoJobStore(JobStore):
             documents = await cursor.to_list()
         return [document["data"] for document in documents]
 
+    async def chunk_indices(self, job_id: str) -> list[int]:
+        cursor = self._chunks.find({"job_id": job_id}, {"idx": 1}).sort("idx", ASCENDING)
+        with _unavailable_on_driver_error():
+            documents = await cursor.to_list()
+        return [int(document["idx"]) for document in documents]
+
     async def delete_chunks(self, job_id: str) -> None:
         with _unavailable_on_driver_error():
             await self._chunks.delete_many({"job_id": job_id})

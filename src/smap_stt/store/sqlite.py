@@ -402,6 +402,15 @@ class SqliteJobStore(JobStore):
 
         return await self._run(load)
 
+    async def chunk_indices(self, job_id: str) -> list[int]:
+        def indices(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                "SELECT idx FROM chunks WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+            return [int(row["idx"]) for row in rows]
+
+        return await self._run(indices)
+
     async def delete_chunks(self, job_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))

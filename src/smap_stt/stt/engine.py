@@ -157,22 +157,10 @@ class Engine:
         returns, whatever the outcome.
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
-        whisper = self.load(model)
+        self.load(model)
         duration = probe(path, max_seconds=self._settings.max_audio_duration_seconds).duration
-        job = _Job(
-            model=model,
-            whisper=whisper,
-            language=language,
-            progress=_Progress(duration, on_progress),
-            options=DecodeOptions(
-                beam_size=options.beam_size or self._beam_size,
-                task=options.task,
-                initial_prompt=options.initial_prompt,
-                hotwords=options.hotwords,
-                temperature=options.temperature,
-            ),
-            vad_filter=options.vad_filter,
-            stop=stop,
+        job = self._new_job(
+            model, language, options, duration=duration, on_progress=on_progress, stop=stop
         )
         done = {chunk.index: chunk for chunk in done_chunks}
         job.progress.report(_finished_prefix(done_chunks))
@@ -217,16 +205,76 @@ class Engine:
             for pending in (current, *flight):
                 for future in pending.futures if pending is not None else ():
                     future.cancel()
-        segments = [segment for chunk in job.chunks for segment in chunk.segments]
         job.progress.finish()
         counter.done(len(job.chunks))
-        return Transcript(
-            text=" ".join(segment.text for segment in segments),
-            segments=segments,
-            language=job.language or "",
+        return Transcript.from_chunks(
+            job.chunks,
+            language=job.language,
             language_probability=None if language else job.language_probability,
-            duration=max(duration, job.chunks[-1].end) if job.chunks else duration,
-            chunks=len(job.chunks),
+            duration=duration,
+        )
+
+    def transcribe_chunk(
+        self,
+        audio: ChunkAudio,
+        *,
+        model: str,
+        language: str,
+        options: TranscribeOptions = TranscribeOptions(),  # noqa: B008  (frozen, shared)
+        stop: threading.Event | None = None,
+    ) -> ChunkTranscript:
+        """One chunk of a file fanned out across workers (worker/fanout.py), decoded exactly as
+        `transcribe` decodes a chunk, on the same decoders. Setting `stop` ends the work after
+        the model calls running; the call then raises JobCancelled."""
+        job = self._new_job(model, language, options, duration=audio.end_seconds, stop=stop)
+        with self._lock:
+            self._calls += 1
+        pending: _PendingChunk | None = None
+        try:
+            pending = self._submit(job, audio)
+            return self._decoded(job, pending)
+        except Stopped:
+            raise JobCancelled("the transcription was stopped") from None
+        finally:
+            with self._lock:
+                self._calls -= 1
+            job.stop.set()
+            for future in pending.futures if pending is not None else ():
+                future.cancel()
+
+    def detect_language(
+        self, audio: ChunkAudio, *, model: str, vad_filter: bool = True
+    ) -> tuple[str | None, float | None]:
+        """The language of the first speech in `audio` (None: no speech in it), as
+        `transcribe` detects it, so that every chunk of a fanned-out file uses the same one."""
+        job = self._new_job(model, None, TranscribeOptions(vad_filter=vad_filter), duration=0)
+        self._detect(job, self._windows(job, audio), audio)
+        return job.language, job.language_probability
+
+    def _new_job(
+        self,
+        model: str,
+        language: str | None,
+        options: TranscribeOptions,
+        *,
+        duration: float,
+        on_progress: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> _Job:
+        return _Job(
+            model=model,
+            whisper=self.load(model),
+            language=language,
+            progress=_Progress(duration, on_progress),
+            options=DecodeOptions(
+                beam_size=options.beam_size or self._beam_size,
+                task=options.task,
+                initial_prompt=options.initial_prompt,
+                hotwords=options.hotwords,
+                temperature=options.temperature,
+            ),
+            vad_filter=options.vad_filter,
+            stop=stop,
         )
 
     def _expected_chunks(self, duration: float) -> int:
@@ -235,18 +283,8 @@ class Engine:
 
     def _submit(self, job: _Job, audio: ChunkAudio) -> _PendingChunk:
         """Queue the decoding of a chunk's speech, split between the decoding threads."""
-        seconds = job.options.window_seconds
-        windows: list[Window] = (
-            speech_windows(audio.audio, seconds=seconds)
-            if job.vad_filter
-            else fixed_windows(audio.audio, seconds=seconds)
-        )
-        if windows and job.language is None:
-            if job.whisper.model.is_multilingual:
-                future = self._pool.submit(detect_language, job.whisper, windows[0])
-                job.language, job.language_probability = self._wait(job, [future], audio)[0]
-            else:
-                job.language, job.language_probability = "en", 1.0
+        windows = self._windows(job, audio)
+        self._detect(job, windows, audio)
         whisper, groups = job.whisper, min(len(windows), self._workers)
         solo = self._solos.get(job.model)
         # Only a file of one chunk: chunks of a longer one are decoded two at a time anyway.
@@ -268,6 +306,41 @@ class Engine:
         job.progress.report(audio.start_seconds)  # a sign of life between heartbeats
         return _PendingChunk(audio=audio, futures=futures, started=time.monotonic())
 
+    def _windows(self, job: _Job, audio: ChunkAudio) -> list[Window]:
+        seconds = job.options.window_seconds
+        if job.vad_filter:
+            return speech_windows(audio.audio, seconds=seconds)
+        return fixed_windows(audio.audio, seconds=seconds)
+
+    def _detect(self, job: _Job, windows: list[Window], audio: ChunkAudio) -> None:
+        """Set the job's language from the first window, if it has none yet."""
+        if not windows or job.language is not None:
+            return
+        if job.whisper.model.is_multilingual:
+            future = self._pool.submit(detect_language, job.whisper, windows[0])
+            job.language, job.language_probability = self._wait(job, [future], audio)[0]
+        else:
+            job.language, job.language_probability = "en", 1.0
+
+    def _decoded(self, job: _Job, pending: _PendingChunk) -> ChunkTranscript:
+        """The transcript of a chunk queued by `_submit`, once its windows are decoded."""
+        audio = pending.audio
+        segments = [
+            segment.shifted(audio.start_seconds)
+            for group in self._wait(job, pending.futures, audio)
+            for decoded in group
+            for segment in decoded.segments
+        ]
+        self._learn_speed(job.model, time.monotonic() - pending.started, audio)
+        return ChunkTranscript(
+            index=audio.index,
+            start=audio.start_seconds,
+            end=audio.end_seconds,
+            segments=segments,
+            language=job.language,
+            language_probability=job.language_probability,
+        )
+
     def _finish(
         self,
         job: _Job,
@@ -277,21 +350,7 @@ class Engine:
     ) -> None:
         audio, chunk = pending.audio, pending.chunk
         if chunk is None:
-            segments = [
-                segment.shifted(audio.start_seconds)
-                for group in self._wait(job, pending.futures, audio)
-                for decoded in group
-                for segment in decoded.segments
-            ]
-            chunk = ChunkTranscript(
-                index=audio.index,
-                start=audio.start_seconds,
-                end=audio.end_seconds,
-                segments=segments,
-                language=job.language,
-                language_probability=job.language_probability,
-            )
-            self._learn_speed(job.model, time.monotonic() - pending.started, audio)
+            chunk = self._decoded(job, pending)
             if on_chunk is not None:
                 on_chunk(chunk)
             counter.finished_one()

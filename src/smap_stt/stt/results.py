@@ -127,3 +127,23 @@ class Transcript:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_chunks(
+        cls,
+        chunks: list[ChunkTranscript],
+        *,
+        language: str | None,
+        language_probability: float | None,
+        duration: float,
+    ) -> Transcript:
+        """The whole file's transcript from its chunks, in index order."""
+        segments = [segment for chunk in chunks for segment in chunk.segments]
+        return cls(
+            text=" ".join(segment.text for segment in segments),
+            segments=segments,
+            language=language or "",
+            language_probability=language_probability,
+            duration=max(duration, chunks[-1].end) if chunks else duration,
+            chunks=len(chunks),
+        )

@@ -6,6 +6,7 @@ Error boundaries, each in one place:
   with a reason, hand back); the transcription code below it raises and never settles;
 - `handle_delivery` and `handle_dead_event` are the message handlers: they catch what escapes
   before an attempt starts (store down, job deleted, a bug) and log an unexpected error once;
+  `handle_chunk` is the one for a chunk of a file split across workers (`fanout`);
 - `settle` is the only code that settles a delivery, and applies the one give-up rule
   (`jobs.give_up_reason`) that the recovery sweeps share. The heartbeat's early ack is the one
   settle call outside it: a long job lets go of its message before RabbitMQ's consumer timeout
@@ -40,12 +41,13 @@ from smap_stt.errors import (
 )
 from smap_stt.jobs import Job, JobStatus, give_up_reason, result_key
 from smap_stt.logs import current_job
-from smap_stt.queue.base import Delivery, decode_message
+from smap_stt.queue.base import Delivery, decode_chunk_message, decode_message
 from smap_stt.retention import process_dir
 from smap_stt.store.base import JobStore
 from smap_stt.stt import bucket_models
 from smap_stt.stt.engine import Engine
-from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
+from smap_stt.stt.results import ChunkTranscript, Transcript
+from smap_stt.worker import fanout
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class WorkerContext:
 class Action(StrEnum):
     DONE = "done"
     RETRY = "retry"
+    RETRY_MESSAGE = "retry the message"
     DEAD_LETTER = "dead-letter"
     HAND_BACK = "hand back"
 
@@ -86,6 +89,8 @@ class Outcome:
     """DEAD_LETTER without an attempt: the job to mark FAILED first (None: no job to fail)."""
     pause: float = 0.0
     """HAND_BACK: seconds to wait first, so a store outage does not become a busy loop."""
+    tries: int = 0
+    """RETRY_MESSAGE: how many times this message has been tried, this one included."""
 
     @classmethod
     def done(cls) -> Outcome:
@@ -96,6 +101,12 @@ class Outcome:
     def retry(cls, job: Job, reason: str) -> Outcome:
         """Release the attempt and deliver again after RETRY_DELAYS, unless attempts are spent."""
         return cls(Action.RETRY, reason, job=job)
+
+    @classmethod
+    def retry_message(cls, tries: int, reason: str, *, fail_job_id: str) -> Outcome:
+        """A message that is not a job attempt (a chunk of a fanned-out file): deliver it again
+        after RETRY_DELAYS; after MAX_ATTEMPTS tries, dead-letter it and fail `fail_job_id`."""
+        return cls(Action.RETRY_MESSAGE, reason, fail_job_id=fail_job_id, tries=tries)
 
     @classmethod
     def dead_letter(
@@ -130,6 +141,21 @@ async def settle(ctx: WorkerContext, delivery: Delivery, outcome: Outcome) -> No
         with contextlib.suppress(BackendUnavailable):
             await store.release(job, error=note)
         await _retry_later(ctx, delivery, job)
+    elif outcome.action is Action.RETRY_MESSAGE:
+        gave_up = give_up_reason(outcome.tries, settings.max_attempts, outcome.reason, what="tries")
+        if gave_up is not None:
+            await settle(
+                ctx, delivery, Outcome.dead_letter(gave_up, fail_job_id=outcome.fail_job_id)
+            )
+            return
+        delay = settings.retry_delay(outcome.tries)
+        metrics.RETRIES.labels(reason=metrics.failure_reason(outcome.reason)).inc()
+        log.warning("try %d failed: %s; retrying in %d s", outcome.tries, outcome.reason, delay)
+        try:
+            await delivery.retry_later(delay, attempt=outcome.tries)
+        except BackendUnavailable as exc:
+            log.warning("could not schedule the retry (%s); handing the message back", exc)
+            await settle(ctx, delivery, Outcome.hand_back("the retry could not be scheduled"))
     elif outcome.action is Action.DEAD_LETTER:
         job_id = job.id if job is not None else outcome.fail_job_id
         if job_id is not None:
@@ -282,8 +308,41 @@ async def _discard_if_final(ctx: WorkerContext, job_id: str) -> None:
             return
         await ctx.backends.blobs.delete(result_key(job_id))
         await store.delete_chunks(job_id)
+        await fanout.discard_chunk_audio(ctx, job_id)
     except BackendUnavailable as exc:  # retention removes them later; the job state is right
         log.warning("could not remove the files of the ended job: %s", exc)
+
+
+async def handle_chunk(ctx: WorkerContext, delivery: Delivery) -> None:
+    """Handle one chunk message of a file split across workers; settles it exactly once."""
+    try:
+        message = decode_chunk_message(delivery.body)
+    except ValueError as exc:
+        await settle(ctx, delivery, Outcome.dead_letter(f"malformed chunk message: {exc}"))
+        return
+    token = current_job.set(message.job_id)
+    tries = (delivery.retry_of or 0) + 1
+    where = f"chunk {message.index}"
+    try:
+        try:
+            await fanout.run_chunk(ctx, message)
+            outcome = Outcome.done()
+        except JobNotFound:  # deleted: nobody waits for this chunk
+            outcome = Outcome.done()
+        except asyncio.CancelledError:  # shutting down past the grace period
+            await asyncio.shield(settle(ctx, delivery, Outcome.hand_back("shutting down")))
+            raise
+        except PERMANENT_ERRORS as exc:
+            outcome = Outcome.dead_letter(f"{where}: {exc}", fail_job_id=message.job_id)
+        except BackendUnavailable as exc:
+            outcome = Outcome.retry_message(tries, f"{where}: {exc}", fail_job_id=message.job_id)
+        except Exception as exc:
+            log.exception("unexpected error in %s", where)
+            reason = f"{where}: unexpected error ({type(exc).__name__})"
+            outcome = Outcome.retry_message(tries, reason, fail_job_id=message.job_id)
+        await settle(ctx, delivery, outcome)
+    finally:
+        current_job.reset(token)
 
 
 async def handle_dead_event(ctx: WorkerContext, delivery: Delivery) -> None:
@@ -436,20 +495,23 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
             allow_download=settings.whisper_allow_download,
         )
         language = None if job.language == "auto" else job.language
-        transcript = await asyncio.to_thread(
-            _transcribe,
-            ctx.engine,
-            control,
-            audio,
-            model=job.model,
-            language=language,
-            options=_options(job),
-            done_chunks=done,
-            on_chunk=control.on_chunk,
-            on_progress=control.on_progress,
-            on_chunks=control.on_chunks,
-            stop=control.stopped,
-        )
+        if await fanout.applies(ctx, audio):
+            transcript = await fanout.transcribe_across_workers(ctx, job, control, audio, done)
+        else:
+            transcript = await asyncio.to_thread(
+                _transcribe,
+                ctx.engine,
+                control,
+                audio,
+                model=job.model,
+                language=language,
+                options=fanout.job_options(job),
+                done_chunks=done,
+                on_chunk=control.on_chunk,
+                on_progress=control.on_progress,
+                on_chunks=control.on_chunks,
+                stop=control.stopped,
+            )
         control.check()
         await _store_result(ctx, job, transcript, time.monotonic() - started)
     finally:
@@ -465,17 +527,6 @@ def _transcribe(engine: Engine, control: _Control, *args: Any, **kwargs: Any) ->
     except JobCancelled:
         control.check()  # the reason it was stopped (cancelled, deleted, timed out, ...)
         raise
-
-
-def _options(job: Job) -> TranscribeOptions:
-    return TranscribeOptions(
-        task=job.task,
-        initial_prompt=job.initial_prompt,
-        hotwords=job.hotwords,
-        beam_size=job.beam_size,
-        temperature=job.temperature,
-        vad_filter=job.vad_filter,
-    )
 
 
 def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
@@ -534,6 +585,7 @@ async def _store_result(
     if not completed:
         raise JobCancelled("the job was cancelled or taken over before it finished")
     await store.delete_chunks(job.id)
+    await fanout.discard_chunk_audio(ctx, job.id)
     metrics.observe_finished(job.model, "COMPLETED", transcript.duration, elapsed)
     log.info(
         "completed: %.1f s of audio in %.1f s (%d segments)",

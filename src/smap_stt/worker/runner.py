@@ -16,7 +16,12 @@ from smap_stt.errors import BackendUnavailable
 from smap_stt.queue.base import Delivery
 from smap_stt.stt import bucket_models
 from smap_stt.stt.engine import Engine
-from smap_stt.worker.process import WorkerContext, handle_dead_event, handle_delivery
+from smap_stt.worker.process import (
+    WorkerContext,
+    handle_chunk,
+    handle_dead_event,
+    handle_delivery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,9 @@ class Worker:
         metrics.WORKER_SLOTS.set(settings.max_concurrent_jobs)
         queue = self.backends.queue
         await queue.consume(self._track(handle_delivery), prefetch=settings.max_concurrent_jobs)
+        # Chunks of files split across workers (worker/fanout.py): one per decoder at most.
+        decoders = settings.max_concurrent_jobs * settings.threads_per_call
+        await queue.consume_chunks(self._track(handle_chunk), prefetch=decoders)
         await queue.consume_dead_events(self._track(handle_dead_event))
         log.info(
             "worker %s consuming from %s (%d jobs at once, model %s)",
