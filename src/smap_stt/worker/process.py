@@ -228,8 +228,7 @@ async def handle_delivery(ctx: WorkerContext, delivery: Delivery) -> None:
             # A bug or a corrupt record: never leave the message unsettled (its consumer slot
             # would be lost for good) and never retry it blindly; the job ends FAILED.
             log.exception("unexpected error before an attempt")
-            reason = f"unexpected error: {type(exc).__name__}: {exc}"
-            outcome = Outcome.dead_letter(reason, fail_job_id=message.job_id)
+            outcome = Outcome.dead_letter(_unexpected(exc), fail_job_id=message.job_id)
         await settle(ctx, delivery, outcome)
     finally:
         current_job.reset(token)
@@ -287,8 +286,14 @@ async def _attempt(ctx: WorkerContext, delivery: Delivery, job: Job) -> Outcome:
         raise
     except Exception as exc:
         log.exception("unexpected error in attempt %d", job.attempts)
-        return Outcome.retry(job, f"unexpected error: {type(exc).__name__}: {exc}")
+        return Outcome.retry(job, _unexpected(exc))
     return Outcome.done()
+
+
+def _unexpected(exc: Exception) -> str:
+    """What the job's error message says of a bug: its kind only. The exception's own text
+    can carry paths and library internals; the worker's log has it, with the traceback."""
+    return f"unexpected error: an internal {type(exc).__name__} (the worker's log has the details)"
 
 
 async def _discard_if_final(ctx: WorkerContext, job_id: str) -> None:
@@ -338,7 +343,7 @@ async def handle_chunk(ctx: WorkerContext, delivery: Delivery) -> None:
             outcome = Outcome.retry_message(tries, f"{where}: {exc}", fail_job_id=message.job_id)
         except Exception as exc:
             log.exception("unexpected error in %s", where)
-            reason = f"{where}: unexpected error ({type(exc).__name__})"
+            reason = f"{where}: {_unexpected(exc)}"
             outcome = Outcome.retry_message(tries, reason, fail_job_id=message.job_id)
         await settle(ctx, delivery, outcome)
     finally:
