@@ -259,6 +259,40 @@ def test_another_tenants_job_is_not_found(svc: Service, tiny_clip: Clip) -> None
         assert client.get(f"/api/v1/tasks/{STATE['old_job']}/status").status_code == 404
 
 
+def test_jobs_made_through_the_dialects_belong_to_their_key(svc: Service, tiny_clip: Clip) -> None:
+    """OpenAI's /v1 and whisper-asr-webservice's /asr make jobs of the caller's tenant: another
+    key cannot see them, and no key gets no answer."""
+    alice, bob = STATE["alice"][0], STATE["bob"][0]
+    audio = tiny_clip.path.read_bytes()
+    made = []
+    with as_key(svc, alice) as client:
+        openai = client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("fox.wav", audio)},
+            data={"model": "whisper-1", "response_format": "text", "language": "en"},
+        )
+        asr = client.post(
+            "/asr", files={"audio_file": ("fox.wav", audio)}, params={"language": "en"}
+        )
+        for response in (openai, asr):
+            assert response.status_code == 200, response.text
+            assert "fox" in response.text.lower()
+            made.append(response.headers["X-Job-Id"])
+            status = client.get(f"/api/v1/tasks/{made[-1]}/status")
+            assert status.status_code == 200 and status.json()["status"] == "COMPLETED"
+    with as_key(svc, bob) as client:
+        for job_id in made:
+            assert client.get(f"/api/v1/tasks/{job_id}/result").status_code == 404
+        listed = {job["job_id"] for job in client.get("/api/v1/tasks").json()["jobs"]}
+        assert not listed & set(made)
+    with httpx.Client(base_url=svc.url, timeout=60) as anonymous:
+        refused = anonymous.post("/v1/audio/transcriptions", files={"file": ("fox.wav", audio)})
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "invalid_request_error", refused.text
+        assert anonymous.post("/asr", files={"audio_file": ("fox.wav", audio)}).status_code == 401
+        assert anonymous.get("/v1/models").status_code == 401
+
+
 def test_the_links_work_without_a_key_for_their_job_only(svc: Service) -> None:
     job_id = STATE["alice_job"]
     with as_key(svc, STATE["alice"][0]) as client:
