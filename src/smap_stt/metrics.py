@@ -101,6 +101,18 @@ WORKER_SLOTS = Gauge(
     "Jobs this worker runs at once (MAX_CONCURRENT_JOBS).",
     multiprocess_mode="livesum",
 )
+CHUNKS = Counter(
+    "smap_stt_chunks_total",
+    "Chunks of files split across workers that this worker handled, by outcome "
+    "(transcribed, dropped: the job had ended or the chunk was already in, stopped: the job "
+    "ended meanwhile).",
+    ["outcome"],
+)
+CHUNK_SECONDS = Histogram(
+    "smap_stt_chunk_seconds",
+    "Seconds a worker spent transcribing one chunk of a file split across workers.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
 RETRIES = Counter(
     "smap_stt_job_retries_total", "Attempts scheduled for a retry, by reason class.", ["reason"]
 )

@@ -213,14 +213,17 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
     where = f"chunk {message.index} ({_clock(message.start)}–{_clock(message.end)})"
     if job.status is not JobStatus.PROCESSING:
         log.info("dropped %s: the job is %s", where, job.status.value)
+        metrics.CHUNKS.labels(outcome="dropped").inc()
         return
     if message.index in await store.chunk_indices(job.id):
         log.info("dropped %s: already transcribed", where)
+        metrics.CHUNKS.labels(outcome="dropped").inc()
         return
     try:
         data = await blobs.get_bytes(message.audio_key)
     except BlobNotFound:
         log.warning("dropped %s: its audio is gone (the job ended meanwhile?)", where)
+        metrics.CHUNKS.labels(outcome="dropped").inc()
         return
     piece = ChunkAudio(index=message.index, start=message.start, audio=_wav_samples(data))
     await bucket_models.ensure_local(
@@ -233,7 +236,6 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
     started = time.monotonic()
     stop = threading.Event()
     watcher = asyncio.create_task(_watch(ctx, job, stop))
-    metrics.JOBS_IN_FLIGHT.inc()
     try:
         chunk = await asyncio.to_thread(
             ctx.engine.transcribe_chunk,
@@ -245,13 +247,16 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
         )
     except JobCancelled:
         log.info("stopped %s: the job is no longer running", where)
+        metrics.CHUNKS.labels(outcome="stopped").inc()
         return
     finally:
         stop.set()
         watcher.cancel()
-        metrics.JOBS_IN_FLIGHT.dec()
     await store.save_chunk(job.id, chunk.index, chunk.to_dict())
-    log.info("%s transcribed in %.1f s", where, time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    metrics.CHUNKS.labels(outcome="transcribed").inc()
+    metrics.CHUNK_SECONDS.observe(elapsed)
+    log.info("%s transcribed in %.1f s", where, elapsed)
 
 
 async def _watch(ctx: WorkerContext, job: Job, stop: threading.Event) -> None:
