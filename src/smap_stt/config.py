@@ -257,8 +257,8 @@ class Settings(BaseSettings):
         300,
         ge=0,
         description="Files at least this long are split into chunks that any worker may "
-        "take, so several workers share one file (RabbitMQ only; 0: never). Shorter files "
-        "stay one unit of work.",
+        "take, so several workers share one file (RabbitMQ only, and only while two or more "
+        "workers are consuming; 0: never). Shorter files stay one unit of work.",
     )
     fanout_chunk_seconds: float = Field(
         60,

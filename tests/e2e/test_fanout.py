@@ -139,15 +139,16 @@ def test_cancel_stops_every_chunk_of_the_job(service: ServiceFactory, long_clip:
     assert sum(len(chunks) for chunks in _chunks_done(*workers).values()) == done_now
 
 
-def test_short_files_stay_one_unit_and_queue_stats_show_chunks(
+def test_a_file_stays_one_unit_when_short_or_alone_and_queue_stats_show_chunks(
     service: ServiceFactory, short_clip: Clip, long_clip: Clip
 ) -> None:
-    """An 18 s file is below FANOUT_MIN_SECONDS: no chunk messages. `queue stats` and
-    /metrics name the chunk queue."""
+    """An 18 s file is below FANOUT_MIN_SECONDS, and a long one has no second worker to share
+    it with: no chunk messages for either. `queue stats` and /metrics name the chunk queue."""
     svc, workers = _start(service, 1, WORKER_METRICS_PORT=0)
     with svc.client() as client:
-        job_id = upload(client, short_clip.path, language="en")
-        assert wait_final(client, job_id)["status"] == "COMPLETED"
+        for clip in (short_clip, long_clip):
+            job_id = upload(client, clip.path, language="en")
+            assert wait_final(client, job_id)["status"] == "COMPLETED"
         metrics = client.get("/metrics").text
     assert "chunk" not in workers[0].log()
     assert 'smap_stt_queue_messages{queue="chunks"}' in metrics

@@ -156,6 +156,10 @@ class JobQueue(ABC):
     async def consume_chunks(self, handler: Handler, *, prefetch: int) -> None:
         """Start delivering chunk messages to `handler`; no-op where `fans_out` is False."""
 
+    async def chunk_consumers(self) -> int | None:
+        """How many workers take chunk messages now (None: not known)."""
+        return None
+
     async def consume_dead_events(self, handler: Handler) -> None:
         """Deliver a copy of every message that left the work queue for good (rejected,
         expired, over a limit), so its job can be marked FAILED. Queues that drop a message

@@ -387,6 +387,17 @@ class RabbitQueue(JobQueue):
         except Exception as exc:
             raise QueueUnavailable(_describe(exc)) from exc
 
+    async def chunk_consumers(self) -> int | None:
+        try:
+            channel = await self._ensure()
+            async with asyncio.timeout(5):
+                queue = await channel.declare_queue(
+                    self.chunk_queue_name, passive=True, robust=False
+                )
+            return queue.declaration_result.consumer_count or 0
+        except Exception:
+            return None
+
     async def waiting(self) -> int | None:
         try:
             channel = await self._ensure()
