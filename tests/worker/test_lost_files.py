@@ -14,13 +14,13 @@ import pytest
 from smap_stt.backends import Backends
 from smap_stt.blobs.local import LocalBlobStore
 from smap_stt.config import Settings
-from smap_stt.jobs import Job, JobMessage, JobStatus, new_job_id, result_key
-from smap_stt.queue.base import Delivery, encode_message
+from smap_stt.jobs import Job, JobStatus, new_job_id, result_key
 from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.store.sqlite import SqliteJobStore
 from smap_stt.stt.engine import Engine
 from smap_stt.worker.process import WorkerContext, handle_delivery
 from tests.conftest import Clip
+from tests.worker.deliveries import RecordingDelivery
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,28 +36,6 @@ class LateCancelStore(SqliteJobStore):
         if self.action == "delete":
             await self.delete(job.id)
         return await super().complete(job, **fields)
-
-
-class Settled(Delivery):
-    def __init__(self, job_id: str) -> None:
-        self.body = encode_message(
-            JobMessage(job_id=job_id, language="en", model="base", filename="clip.wav")
-        )
-        self.redelivered = False
-        self.retry_of = None
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def retry_later(self, delay: float, *, attempt: int) -> None:
-        self.settled.append("retry_later")
-
-    async def dead_letter(self, reason: str) -> None:
-        self.settled.append("dead_letter")
-
-    async def hand_back(self) -> None:
-        self.settled.append("hand_back")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +74,7 @@ async def test_a_job_lost_as_it_finishes_keeps_no_transcript(
     assert isinstance(store, LateCancelStore)
     store.action = action
     job = await _queued(ctx, tiny_clip)
-    delivery = Settled(job.id)
+    delivery = RecordingDelivery(job.id)
 
     await handle_delivery(ctx, delivery)
 
@@ -117,7 +95,7 @@ async def test_a_completed_job_keeps_its_transcript(ctx: WorkerContext, tiny_cli
     job = await _queued(ctx, tiny_clip)
     store.action = "none"
     store.complete = super(LateCancelStore, store).complete  # type: ignore[method-assign]
-    await handle_delivery(ctx, Settled(job.id))
+    await handle_delivery(ctx, RecordingDelivery(job.id))
     done = await store.get(job.id)
     assert done.status is JobStatus.COMPLETED
     assert await ctx.backends.blobs.exists(result_key(job.id))

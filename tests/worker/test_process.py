@@ -15,8 +15,8 @@ from smap_stt.backends import Backends
 from smap_stt.blobs.local import LocalBlobStore
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable, JobNotFound
-from smap_stt.jobs import ChunkMessage, Job, JobMessage, JobStatus, new_job_id, utcnow
-from smap_stt.queue.base import Delivery, encode_chunk_message, encode_message
+from smap_stt.jobs import ChunkMessage, Job, JobStatus, new_job_id, utcnow
+from smap_stt.queue.base import encode_chunk_message
 from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.recovery import recover_once, requeue_after_restart
 from smap_stt.store.sqlite import SqliteJobStore
@@ -24,30 +24,9 @@ from smap_stt.stt.engine import Engine
 from smap_stt.stt.results import ChunkTranscript
 from smap_stt.worker import process
 from smap_stt.worker.process import WorkerContext, handle_chunk, handle_delivery
+from tests.worker.deliveries import RecordingDelivery
 
 MAX_ATTEMPTS = 2
-
-
-class RecordingDelivery(Delivery):
-    def __init__(self, job_id: str, *, redelivered: bool = False) -> None:
-        self.body = encode_message(
-            JobMessage(job_id=job_id, language="en", model="base", filename="a.wav")
-        )
-        self.redelivered = redelivered
-        self.retry_of = None
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def retry_later(self, delay: float, *, attempt: int) -> None:
-        self.settled.append("retry_later")
-
-    async def dead_letter(self, reason: str) -> None:
-        self.settled.append("dead_letter")
-
-    async def hand_back(self) -> None:
-        self.settled.append("hand_back")
 
 
 class FaultyStore(SqliteJobStore):
