@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         "",
         description="Base URL clients reach the API at, used in download_url for local storage "
-        "(empty: the request's own base URL).",
+        "(empty: the request's own base URL if TRUSTED_HOSTS vouches for its Host header, "
+        "else a relative path).",
     )
 
     # RabbitMQ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -20,6 +21,21 @@ class _JobFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         job = current_job.get()
         record.job = f" [job {job}]" if job else ""
+        return True
+
+
+class _RedactFilter(logging.Filter):
+    """Access lines name the URL asked for: a signed link's signature (and a token a client put
+    in a query) would let whoever reads the log use it until it expires."""
+
+    _SECRET = re.compile(r"((?:signature|token|api_key|key)=)[^&\s]+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            record.args = tuple(
+                self._SECRET.sub(r"\1…", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
         return True
 
 
@@ -40,6 +56,7 @@ def setup_logging(settings: Settings, *, stream: TextIO = sys.stdout) -> None:
         handlers.append(_file_handler(Path(settings.log_file)))
     for handler in handlers:
         handler.addFilter(_JobFilter())
+        handler.addFilter(_RedactFilter())
         handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()
     root.handlers = handlers

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smap_stt import formats, metrics, webhooks
+from smap_stt import formats, limits, metrics, webhooks
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import (
@@ -466,6 +466,12 @@ def scoped_key(key: str, owner: str | None = None) -> str:
     return key if owner is None else f"{owner}\x1f{key}"
 
 
+async def admit_upload(settings: Settings, backends: Backends, principal: Principal) -> None:
+    """Before an upload is read: refuse it (429/503) if the key or the service is over a limit
+    (issue 12), whichever dialect it comes through."""
+    await limits.check_upload_admission(settings, backends.store, principal)
+
+
 async def submit_once(
     settings: Settings,
     backends: Backends,
@@ -480,12 +486,14 @@ async def submit_once(
     one creates the job, the others find it and return it."""
     if idempotency_key is None:
         job = await submit(settings, backends, upload, principal=principal)
+        await limits.record_upload(settings, backends.store, principal, job.size_bytes)
         return Submission(job, created=True)
     key = scoped_key(idempotency_key, principal.key_id)
     existing = await backends.store.by_idempotency_key(key)
     if existing is None:
         try:
             job = await submit(settings, backends, upload, principal=principal, idempotency_key=key)
+            await limits.record_upload(settings, backends.store, principal, job.size_bytes)
             return Submission(job, created=True)
         except DuplicateIdempotencyKey:
             existing = await backends.store.by_idempotency_key(key)

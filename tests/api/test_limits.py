@@ -101,6 +101,12 @@ def test_waiting_jobs_are_capped_per_key_and_in_all(apis: Apis, tiny_clip: Clip)
     assert third.status_code == 429, third.text
     assert "MAX_PENDING_JOBS_PER_KEY" in third.json()["detail"]
     assert int(third.headers["retry-after"]) > 0
+    for path, field in (("/v1/audio/transcriptions", "file"), ("/asr", "audio_file")):
+        other = httpx.post(  # the other dialects are no way around the limits
+            f"{a}{path}", files={field: ("a.wav", clip)}, headers=_key(apis, 0), timeout=60
+        )
+        assert other.status_code == 429, (path, other.text)
+        assert "MAX_PENDING_JOBS_PER_KEY" in other.text and other.headers["retry-after"]
 
     accepted = _post(b, _key(apis, 1), clip)
     assert accepted.status_code == 201

@@ -293,6 +293,29 @@ def test_jobs_made_through_the_dialects_belong_to_their_key(svc: Service, tiny_c
         assert anonymous.get("/v1/models").status_code == 401
 
 
+def test_idempotency_keys_are_each_tenants_own(svc: Service, tiny_clip: Clip) -> None:
+    """The same Idempotency-Key from two tenants makes two jobs; repeated by one, one job."""
+    alice, bob = STATE["alice"][0], STATE["bob"][0]
+    audio, key = tiny_clip.path.read_bytes(), "shared-client-key-1"
+
+    def send(client: httpx.Client) -> str:
+        response = client.post(
+            "/api/v1/tasks/upload",
+            files={"file": ("fox.wav", audio)},
+            data={"language": "en"},
+            headers={"Idempotency-Key": key},
+        )
+        assert response.status_code in (200, 201), response.text
+        return str(response.json()["job_id"])
+
+    with as_key(svc, alice) as as_alice, as_key(svc, bob) as as_bob:
+        first, again, theirs = send(as_alice), send(as_alice), send(as_bob)
+        assert first == again and theirs != first
+        assert as_bob.get(f"/api/v1/tasks/{first}/status").status_code == 404
+        for client, job_id in ((as_alice, first), (as_bob, theirs)):
+            assert wait_final(client, job_id)["status"] == "COMPLETED"
+
+
 def test_the_links_work_without_a_key_for_their_job_only(svc: Service) -> None:
     job_id = STATE["alice_job"]
     with as_key(svc, STATE["alice"][0]) as client:
@@ -352,12 +375,21 @@ def test_metrics_take_their_own_token_not_a_key(svc: Service) -> None:
     assert scraped.status_code == 200 and "# TYPE" in scraped.text
 
 
-def test_no_secret_in_logs_schema_or_health(svc: Service) -> None:
+def test_no_secret_in_logs_errors_schema_or_health(svc: Service) -> None:
+    revoked = STATE["alice"][0][:-4] + "abcd"  # a wrong key, close to a real one
     with svc.client() as client:
         schema = client.get("/openapi.json").text
         health = client.get("/api/v1/tasks/health").text
+        errors = [
+            client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {revoked}"}).text,
+            client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}x"}).text,
+            client.get(
+                "/api/v1/tasks/not-a-job/download",
+                params={"expires": "1", "signature": SIGNING_SECRET},
+            ).text,
+        ]
     logs = svc.logs()
-    for secret in (SIGNING_SECRET, METRICS_TOKEN, STATE["alice"][0], STATE["admin"][0]):
-        for text in (schema, health, logs):
+    for secret in (SIGNING_SECRET, METRICS_TOKEN, STATE["alice"][0], STATE["admin"][0], revoked):
+        for text in (schema, health, logs, *errors):
             assert secret not in text
     assert '"securitySchemes"' in schema

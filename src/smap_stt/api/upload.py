@@ -9,15 +9,23 @@ import hashlib
 import os
 import struct
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from smap_stt import limits, metrics, service
+from smap_stt.config import Settings
 from smap_stt.errors import InvalidRequest
+from smap_stt.keys import Principal
+from smap_stt.retention import process_dir
 from smap_stt.service import Upload
+
+if TYPE_CHECKING:
+    from smap_stt.backends import Backends
 
 __all__ = ["Upload", "clean_filename", "receive_upload", "unlink_spool"]
 
@@ -264,3 +272,44 @@ async def receive_upload(
 def unlink_spool(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+@contextlib.asynccontextmanager
+async def intake(
+    request: Request,
+    settings: Settings,
+    backends: Backends,
+    principal: Principal,
+    *,
+    file_field: str = "file",
+    raw_pcm: bool = False,
+) -> AsyncIterator[Upload]:
+    """Every upload route's way in, whatever its dialect (task API, OpenAI, /asr): the key's
+    and the service's limits first, then the upload within this process's
+    MAX_CONCURRENT_UPLOADS slots (503 beyond), UPLOAD_DEADLINE_SECONDS (408) and the idle
+    timeout, into this process's own spool folder; a refusal is counted by its status. The
+    spool file is removed when the block ends (the job's audio is stored by then)."""
+    with metrics.count_refusals():
+        await service.admit_upload(settings, backends, principal)
+        slots: limits.UploadSlots = request.app.state.upload_slots
+        async with slots.slot():
+            try:
+                async with asyncio.timeout(settings.upload_deadline_seconds):
+                    upload = await receive_upload(
+                        request,
+                        spool_dir=process_dir(settings.temp_dir, "uploads"),
+                        max_bytes=settings.max_upload_bytes,
+                        idle_timeout=settings.upload_idle_timeout,
+                        file_field=file_field,
+                        raw_pcm=raw_pcm,
+                    )
+            except TimeoutError:  # receive_upload removed its spool file on the way out
+                raise InvalidRequest(
+                    f"the upload took longer than {settings.upload_deadline_seconds:g} s "
+                    "(UPLOAD_DEADLINE_SECONDS); send it faster or in a smaller file",
+                    status_code=408,
+                ) from None
+        try:
+            yield upload
+        finally:
+            await asyncio.to_thread(unlink_spool, upload.path)

@@ -23,12 +23,11 @@ from fastapi.routing import APIRoute
 from smap_stt import dialects, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import ErrorResponse
-from smap_stt.api.upload import receive_upload, unlink_spool
+from smap_stt.api.upload import intake
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.jobs import Job
 from smap_stt.keys import Principal
-from smap_stt.service import Upload
 
 ENGINE = "faster_whisper"
 
@@ -93,34 +92,26 @@ def _form() -> dict[str, Any]:
     }
 
 
-async def _receive(request: Request, settings: Settings, encode: bool) -> Upload:
-    return await receive_upload(
-        request,
-        spool_dir=settings.temp_dir / "uploads",
-        max_bytes=settings.max_upload_bytes,
-        idle_timeout=settings.upload_idle_timeout,
-        file_field="audio_file",
-        raw_pcm=not encode,
-    )
-
-
 async def _run(
+    request: Request,
     settings: Settings,
     backends: Backends,
-    upload: Upload,
+    encode: bool,
     fields: dict[str, str],
     idempotency_key: str | None,
-    principal: Principal,
-) -> tuple[Job, dict[str, Any]]:
-    try:
+) -> tuple[Job, dict[str, Any], str]:
+    """Submit the upload as a job and wait for it: the job, its transcript document and the
+    uploaded file's name."""
+    principal: Principal = request.state.principal
+    async with intake(
+        request, settings, backends, principal, file_field="audio_file", raw_pcm=not encode
+    ) as upload:
         upload.fields = fields
         submission = await service.submit_once(
             settings, backends, upload, principal=principal, idempotency_key=idempotency_key
         )
-    finally:
-        await asyncio.to_thread(unlink_spool, upload.path)
     job = await service.wait_for(backends, submission.job, seconds=settings.sync_wait_seconds)
-    return job, await dialects.finished_document(backends, job)
+    return job, await dialects.finished_document(backends, job), upload.filename
 
 
 @router.post(
@@ -156,10 +147,8 @@ async def asr(
         word_timestamps=word_timestamps,
         output=output,
     )
-    upload = await _receive(request, settings, encode)
-    filename = upload.filename
-    job, document = await _run(
-        settings, backends, upload, call.fields, idempotency_key, request.state.principal
+    job, document, filename = await _run(
+        request, settings, backends, encode, call.fields, idempotency_key
     )
     body = await asyncio.to_thread(dialects.render_asr, document, call.output)
     return Response(
@@ -185,13 +174,6 @@ async def detect_language(
     encode: Encode = True,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    upload = await _receive(request, settings, encode)
-    job, document = await _run(
-        settings,
-        backends,
-        upload,
-        {"language": "auto", "task": "transcribe"},
-        idempotency_key,
-        request.state.principal,
-    )
+    fields = {"language": "auto", "task": "transcribe"}
+    job, document, _ = await _run(request, settings, backends, encode, fields, idempotency_key)
     return JSONResponse(dialects.detect_language_body(document), headers={"X-Job-Id": job.id})

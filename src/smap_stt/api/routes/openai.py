@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smap_stt import dialects, service
 from smap_stt.api.deps import BackendsDep, SettingsDep
-from smap_stt.api.upload import receive_upload, unlink_spool
+from smap_stt.api.upload import intake
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable, BlobNotFound, InvalidRequest, JobNotFound
 
@@ -75,8 +75,15 @@ def _error_for(exc: Exception, request: Request) -> JSONResponse:
         # OpenAI answers 400 for a file it cannot use; the client raises BadRequestError.
         status = 400 if exc.status_code in (415, 422) else exc.status_code
         param = "file" if exc.status_code in (413, 415) or "file" in str(exc) else None
-        code = {409: "conflict", 413: "file_too_large", 408: "upload_timeout"}.get(status)
-        return openai_error(status, str(exc), param=param, code=code)
+        code = {
+            409: "conflict",
+            413: "file_too_large",
+            408: "upload_timeout",
+            429: "rate_limit_exceeded",
+        }.get(status)
+        retry_after = getattr(exc, "retry_after", None)  # limits.Refused: when to come back
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return openai_error(status, str(exc), param=param, code=code, headers=headers)
     if isinstance(exc, JobNotFound | BlobNotFound):
         return openai_error(404, str(exc), code="not_found")
     if isinstance(exc, BackendUnavailable):
@@ -181,24 +188,13 @@ async def _run(
     *,
     task: str,
 ) -> Response:
-    upload = await receive_upload(
-        request,
-        spool_dir=settings.temp_dir / "uploads",
-        max_bytes=settings.max_upload_bytes,
-        idle_timeout=settings.upload_idle_timeout,
-    )
-    try:
+    principal = request.state.principal  # set by the auth dependency (issue 12)
+    async with intake(request, settings, backends, principal) as upload:
         call = dialects.openai_call(upload.fields, task=task)
         upload.fields = call.fields
         submission = await service.submit_once(
-            settings,
-            backends,
-            upload,
-            principal=request.state.principal,  # set by the auth dependency (issue 12)
-            idempotency_key=idempotency_key,
+            settings, backends, upload, principal=principal, idempotency_key=idempotency_key
         )
-    finally:
-        await asyncio.to_thread(unlink_spool, upload.path)
     job = await service.wait_for(backends, submission.job, seconds=settings.sync_wait_seconds)
     document = await dialects.finished_document(backends, job)
     rendered = await asyncio.to_thread(dialects.render_openai, document, call)

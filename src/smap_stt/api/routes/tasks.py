@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from smap_stt import formats, limits, metrics, service
+from smap_stt import formats, metrics, service
 from smap_stt.api.auth import PUBLIC, PrincipalDep, auth_enabled
 from smap_stt.api.deps import BackendsDep, SettingsDep
 from smap_stt.api.schemas import (
@@ -24,14 +23,11 @@ from smap_stt.api.schemas import (
     UploadResponse,
     VerboseTranscript,
 )
-from smap_stt.api.upload import receive_upload, unlink_spool
+from smap_stt.api.upload import intake
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
-from smap_stt.errors import InvalidRequest
 from smap_stt.jobs import JobStatus
 from smap_stt.keys import Principal
-from smap_stt.retention import process_dir
-from smap_stt.service import Upload
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -172,27 +168,6 @@ UPLOAD_FORM = {
 }
 
 
-async def _receive_in_time(request: Request, settings: Settings) -> Upload:
-    """The upload, within this process's MAX_CONCURRENT_UPLOADS slots (503 beyond) and the
-    UPLOAD_DEADLINE_SECONDS (408), as well as the idle timeout (issue 12)."""
-    slots: limits.UploadSlots = request.app.state.upload_slots
-    async with slots.slot():
-        try:
-            async with asyncio.timeout(settings.upload_deadline_seconds):
-                return await receive_upload(
-                    request,
-                    spool_dir=process_dir(settings.temp_dir, "uploads"),
-                    max_bytes=settings.max_upload_bytes,
-                    idle_timeout=settings.upload_idle_timeout,
-                )
-        except TimeoutError:  # receive_upload removed its spool file on the way out
-            raise InvalidRequest(
-                f"the upload took longer than {settings.upload_deadline_seconds:g} s "
-                "(UPLOAD_DEADLINE_SECONDS); send it faster or in a smaller file",
-                status_code=408,
-            ) from None
-
-
 @router.post(
     "/upload",
     status_code=201,
@@ -208,22 +183,11 @@ async def upload(
     principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    with metrics.count_refusals():
-        await limits.check_upload_admission(settings, backends.store, principal)
-        received = await _receive_in_time(request, settings)
-        try:
-            submission = await service.submit_once(
-                settings,
-                backends,
-                received,
-                principal=principal,
-                idempotency_key=idempotency_key,
-            )
-        finally:  # stored by now (moved or copied), or refused: the spool file goes either way
-            await asyncio.to_thread(unlink_spool, received.path)
+    async with intake(request, settings, backends, principal) as received:
+        submission = await service.submit_once(
+            settings, backends, received, principal=principal, idempotency_key=idempotency_key
+        )
     job = submission.job
-    if submission.created:
-        await limits.record_upload(settings, backends.store, principal, job.size_bytes)
     message = "Task created and queued for processing"
     if not submission.created:
         message = f"Task already created for this Idempotency-Key; it is {job.status.value}"
