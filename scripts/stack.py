@@ -385,9 +385,20 @@ def _on_signals(handler: Callable[[int, FrameType | None], None]) -> None:
         signal.signal(signum, handler)
 
 
+def _stop_with_parent() -> None:
+    """`make stack` runs this script: if make itself is killed (even by SIGKILL), stop as on
+    Ctrl-C instead of leaving the stack running as an orphan (Linux)."""
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        raise Stop("the process that started the stack is gone")
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))  # tests/servers.py starts the storage servers
     _on_signals(_raise_stop)
+    _stop_with_parent()
     stack = Stack()
     code = 0
     try:

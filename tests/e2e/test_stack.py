@@ -51,9 +51,10 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, models_dir: Path) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, tmp_path: Path, models_dir: Path) -> Iterator[Stack]:
     """scripts/stack.py running on its defaults (2 API processes, 2 workers), with its own
-    ports, data directory and RabbitMQ names."""
+    ports, data directory and RabbitMQ names; through `make stack` when the test's parameter
+    says "make"."""
     tag = uuid.uuid4().hex[:8]
     api_port, mongo_port, s3_port = free_ports(3)
     env = {
@@ -86,8 +87,9 @@ def stack(tmp_path: Path, models_dir: Path) -> Iterator[Stack]:
     out_path = tmp_path / "stack.out"
     with out_path.open("wb") as out:
         # A session of its own, like a shell job: Ctrl-C goes to its whole process group.
+        command = ["make", "-s", "stack"] if getattr(request, "param", "") == "make" else []
         popen = subprocess.Popen(
-            [sys.executable, "scripts/stack.py"],
+            command or [sys.executable, "scripts/stack.py"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -217,9 +219,17 @@ def _still_there(process: psutil.Process) -> bool:
         return False
 
 
-def test_sigkilled_stack_takes_its_children_with_it(stack: Stack) -> None:
+@pytest.mark.parametrize("stack", ["script", "make"], indirect=True)
+def test_a_sigkilled_stack_takes_everything_with_it(
+    stack: Stack, request: pytest.FixtureRequest
+) -> None:
+    """scripts/stack.py killed by SIGKILL: its children asked for SIGTERM when it dies. `make
+    stack` killed so: make passes nothing on, yet scripts/stack.py asked the same of make and
+    stops every child it started."""
     children = stack.descendants()
     commands = _command_lines(children)
+    if "make" in request.node.name:
+        assert any("scripts/stack.py" in c for c in commands), commands
     assert any("secantusd" in c for c in commands) and any("weed" in c for c in commands)
     assert sum("smap_stt.cli worker" in c for c in commands) == 2, commands
     stack.popen.kill()  # SIGKILL: no handler, no cleanup
