@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from smap_stt import retention, webhooks
+from smap_stt import metrics, retention, webhooks
 from smap_stt.backends import Backends
 from smap_stt.config import Settings
 from smap_stt.errors import BackendUnavailable
@@ -66,6 +66,7 @@ async def release_stale(settings: Settings, backends: Backends) -> None:
         if reason is not None:
             if await store.fail(job.id, reason, attempt=job.attempts):
                 log.error("job %s failed: %s", job.id, reason)
+                metrics.observe_failed(job.model, reason)
             continue
         if await store.release(job, error=f"attempt {job.attempts} stopped sending heartbeats"):
             await queue.publish(JobMessage.for_job(job), priority=job.priority)
@@ -151,6 +152,7 @@ async def requeue_after_restart(store: JobStore, *, max_attempts: int) -> None:
         if reason is not None:
             if await store.fail(job.id, reason, attempt=job.attempts):
                 log.error("job %s failed: %s", job.id, reason)
+                metrics.observe_failed(job.model, reason)
             continue
         await store.release(job, error="resumed after a restart")
     for job in await store.list(status=JobStatus.PENDING, limit=10_000):
