@@ -56,11 +56,11 @@ def _serve(settings: Settings, _: argparse.Namespace) -> None:
     _clean_temp(settings)
     from smap_stt.api.app import create_app
     from smap_stt.backends import make_backends
-    from smap_stt.stt.engine import Engine
+    from smap_stt.stt.engine import Engine, EngineOptions
     from smap_stt.worker.runner import Worker
 
     backends = make_backends(settings, embedded=True)
-    worker = Worker(settings, backends, Engine(settings))
+    worker = Worker(settings, backends, Engine(EngineOptions.from_settings(settings)))
     _run_uvicorn(create_app(settings, backends, worker=worker), settings)
     _exit_without_waiting_for_decoders()
 
@@ -112,14 +112,20 @@ def _api(settings: Settings, _: argparse.Namespace) -> None:
 def _worker(settings: Settings, _: argparse.Namespace) -> None:
     _clean_temp(settings)
     from smap_stt.backends import make_backends
-    from smap_stt.stt.engine import Engine
+    from smap_stt.stt.engine import Engine, EngineOptions
     from smap_stt.worker.runner import run_worker
 
     if settings.worker_metrics_port:
         from smap_stt import metrics
 
         metrics.start_worker_server(settings.worker_metrics_host, settings.worker_metrics_port)
-    asyncio.run(run_worker(settings, make_backends(settings, embedded=False), Engine(settings)))
+    asyncio.run(
+        run_worker(
+            settings,
+            make_backends(settings, embedded=False),
+            Engine(EngineOptions.from_settings(settings)),
+        )
+    )
     _exit_without_waiting_for_decoders()
 
 
@@ -137,10 +143,10 @@ def _exit_without_waiting_for_decoders() -> None:
 
 
 def _transcribe(settings: Settings, args: argparse.Namespace) -> None:
-    from smap_stt.stt.engine import Engine
+    from smap_stt.stt.engine import Engine, EngineOptions
     from smap_stt.stt.languages import normalize_language
 
-    engine = Engine(settings)
+    engine = Engine(EngineOptions.from_settings(settings))
     # Like an upload that names no language: DEFAULT_LANGUAGE (issue 15).
     language = normalize_language(args.language or settings.default_language)
     model = args.model or settings.whisper_model

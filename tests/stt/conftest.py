@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from smap_stt.config import Settings
-from smap_stt.stt.engine import Engine
+from smap_stt.stt.engine import Engine, EngineOptions
 from tests.speech import (
     cached_silence,
     cached_speech,
@@ -39,7 +39,7 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def engine(models_dir: Path) -> Iterator[Engine]:
-    yield Engine(make_settings(models_dir))
+    yield Engine(EngineOptions.from_settings(make_settings(models_dir)))
 
 
 @pytest.fixture(scope="session")

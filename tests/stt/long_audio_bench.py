@@ -32,7 +32,7 @@ def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
     started = time.perf_counter()
     if mode == "engine":
         from smap_stt.config import Settings
-        from smap_stt.stt.engine import Engine
+        from smap_stt.stt.engine import Engine, EngineOptions
 
         settings = Settings(
             _env_file=None,
@@ -40,7 +40,7 @@ def run_one(mode: str, threads: int, voice: str) -> dict[str, float | str]:
             max_concurrent_jobs=1,
             whisper_cpu_threads=threads,
         )
-        engine = Engine(settings)
+        engine = Engine(EngineOptions.from_settings(settings))
         engine.load("base")
         loaded = time.perf_counter()
         hypothesis = engine.transcribe(path, model="base", language="en").text

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from smap_stt.errors import AudioError, JobCancelled, ModelNotFound
-from smap_stt.stt.engine import Engine
+from smap_stt.stt.engine import Engine, EngineOptions
 from smap_stt.stt.results import ChunkTranscript, Transcript
 from tests.procs import cpu_after
 from tests.speech import cached_silence, long_speech, wer
@@ -22,7 +22,7 @@ from tests.stt.conftest import Clip, make_settings
 @pytest.fixture(scope="module")
 def chunked_engine(models_dir: Path) -> Engine:
     """Chunks of ~20 s, so the 75 s clip has several checkpoints."""
-    return Engine(make_settings(models_dir, whisper_chunk_seconds=20))
+    return Engine(EngineOptions.from_settings(make_settings(models_dir, whisper_chunk_seconds=20)))
 
 
 class Recorder:

@@ -17,7 +17,7 @@ from smap_stt.config import Settings
 from smap_stt.jobs import Job, JobStatus, new_job_id, result_key
 from smap_stt.queue.embedded import EmbeddedQueue
 from smap_stt.store.sqlite import SqliteJobStore
-from smap_stt.stt.engine import Engine
+from smap_stt.stt.engine import Engine, EngineOptions
 from smap_stt.worker.process import WorkerContext, handle_delivery
 from tests.conftest import Clip
 from tests.worker.deliveries import RecordingDelivery
@@ -40,7 +40,7 @@ class LateCancelStore(SqliteJobStore):
 
 @pytest.fixture(scope="module")
 def engine(models_dir: Path) -> Engine:
-    return Engine(Settings(whisper_models_dir=models_dir))
+    return Engine(EngineOptions.from_settings(Settings(whisper_models_dir=models_dir)))
 
 
 @pytest.fixture

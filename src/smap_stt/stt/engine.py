@@ -38,7 +38,7 @@ from smap_stt.stt.windows import (
     speech_windows,
 )
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EngineOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,35 @@ _FIRST_GUESS_RTF = 0.05
 _AHEAD = 2
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the engine uses of the settings, and only that."""
+
+    models_dir: Path
+    """WHISPER_MODELS_DIR."""
+    decoders: int = 1
+    """Single-threaded CTranslate2 decoders (MAX_CONCURRENT_JOBS × threads per job)."""
+    chunk_seconds: float = 120.0
+    """WHISPER_CHUNK_SECONDS: audio per checkpointed chunk."""
+    beam_size: int = 5
+    compute_type: str = "int8"
+    allow_download: bool = False
+    max_audio_seconds: float | None = None
+    """MAX_AUDIO_DURATION_SECONDS: a file that decodes to more is refused (issue 12)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineOptions:
+        return cls(
+            models_dir=settings.whisper_models_dir,
+            decoders=settings.max_concurrent_jobs * settings.threads_per_call,
+            chunk_seconds=settings.whisper_chunk_seconds,
+            beam_size=settings.whisper_beam_size,
+            compute_type=settings.whisper_compute_type,
+            allow_download=settings.whisper_allow_download,
+            max_audio_seconds=settings.max_audio_duration_seconds,
+        )
+
+
 class Engine:
     """Loads Whisper models once per process and transcribes files with them.
 
@@ -62,9 +91,9 @@ class Engine:
     alone gets every core while concurrent jobs share them, never more threads than cores.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._workers = settings.max_concurrent_jobs * settings.threads_per_call
+    def __init__(self, options: EngineOptions) -> None:
+        self._options = options
+        self._workers = options.decoders
         self._models: dict[str, WhisperModel] = {}
         # The same model once more as one CTranslate2 worker on every core, for a job that runs
         # alone with fewer windows than there are single-threaded decoders (issue 14: a lone
@@ -74,7 +103,7 @@ class Engine:
         self._calls = 0  # transcribe calls decoding now
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._beam_size = settings.whisper_beam_size
+        self._beam_size = options.beam_size
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whisper")
 
     def load(self, model: str) -> WhisperModel:
@@ -103,10 +132,8 @@ class Engine:
             self._solos[model] = solo
 
     def _load(self, model: str, *, threads: int, workers: int) -> WhisperModel:
-        settings = self._settings
-        path = resolve_model(
-            settings.whisper_models_dir, model, allow_download=settings.whisper_allow_download
-        )
+        options = self._options
+        path = resolve_model(options.models_dir, model, allow_download=options.allow_download)
         logger.info(
             "Loading Whisper model %s from %s (%d worker(s) of %d thread(s))",
             model,
@@ -119,10 +146,10 @@ class Engine:
             return WhisperModel(
                 path,
                 device="cpu",
-                compute_type=settings.whisper_compute_type,
+                compute_type=options.compute_type,
                 cpu_threads=threads,
                 num_workers=workers,
-                download_root=str(settings.whisper_models_dir / ".hub"),
+                download_root=str(options.models_dir / ".hub"),
             )
         except (RuntimeError, ValueError, OSError) as exc:
             if path == model:  # a hub download that did not work out
@@ -158,7 +185,7 @@ class Engine:
         Raises AudioError for undecodable audio and ModelNotFound for an unknown model.
         """
         self.load(model)
-        duration = probe(path, max_seconds=self._settings.max_audio_duration_seconds).duration
+        duration = probe(path, max_seconds=self._options.max_audio_seconds).duration
         job = self._new_job(
             model, language, options, duration=duration, on_progress=on_progress, stop=stop
         )
@@ -176,9 +203,9 @@ class Engine:
         try:
             for audio in iter_chunks(
                 path,
-                chunk_seconds=self._settings.whisper_chunk_seconds,
+                chunk_seconds=self._options.chunk_seconds,
                 fixed_ends={index: chunk.end for index, chunk in done.items()},
-                max_seconds=self._settings.max_audio_duration_seconds,  # issue 12
+                max_seconds=self._options.max_audio_seconds,  # issue 12
             ):
                 finished = done.get(audio.index)
                 if finished is not None:
@@ -279,7 +306,7 @@ class Engine:
 
     def _expected_chunks(self, duration: float) -> int:
         """How many chunks `iter_chunks` will probably make of `duration` seconds."""
-        return max(1, round(duration / self._settings.whisper_chunk_seconds))
+        return max(1, round(duration / self._options.chunk_seconds))
 
     def _submit(self, job: _Job, audio: ChunkAudio) -> _PendingChunk:
         """Queue the decoding of a chunk's speech, split between the decoding threads."""
@@ -288,7 +315,7 @@ class Engine:
         whisper, groups = job.whisper, min(len(windows), self._workers)
         solo = self._solos.get(job.model)
         # Only a file of one chunk: chunks of a longer one are decoded two at a time anyway.
-        one_chunk = job.progress.duration < self._settings.whisper_chunk_seconds
+        one_chunk = job.progress.duration < self._options.chunk_seconds
         if solo is not None and one_chunk and len(windows) < self._workers and self._calls == 1:
             whisper, groups = solo, 1  # alone with few windows: all cores on them
         size = -(-len(windows) // groups) if groups else 0
