@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _delete_topology
+from tests.conftest import Clip, _delete_topology
 from tests.procs import Service, base_env, free_port, wait_final
 from tests.speech import cached_speech, paragraphs
 
@@ -201,7 +201,7 @@ def test_bad_list_query_is_422(client: httpx.Client) -> None:
     _assert_error(client.get("/api/v1/tasks", params={"status": "DONE"}), 422, "status")
 
 
-def test_refused_uploads_create_no_jobs(client: httpx.Client) -> None:
+def test_refused_uploads_create_no_jobs(client: httpx.Client, tiny_clip: Clip) -> None:
     def job_ids() -> set[str]:
         answer = client.get("/api/v1/tasks", params={"limit": 100})
         assert answer.status_code == 200, answer.text
@@ -219,7 +219,11 @@ def test_refused_uploads_create_no_jobs(client: httpx.Client) -> None:
     assert all(400 <= answer.status_code < 500 for answer in refused), [
         (answer.status_code, answer.text) for answer in refused
     ]
-    assert job_ids() == before
+    # A control: an upload that is fine does show in the list, so an equal list means
+    # something (a list that never changes would pass the first check on its own).
+    accepted = _post(client, "fox.wav", tiny_clip.path.read_bytes())
+    assert accepted.status_code == 201, accepted.text
+    assert job_ids() == before | {accepted.json()["job_id"]}
 
 
 # --- hand-made hostile multipart bodies ---------------------------------------------------------

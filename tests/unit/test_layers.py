@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import wave
 from pathlib import Path
+
+import pytest
 
 FORBIDDEN = (
     "faster_whisper",
@@ -24,13 +27,28 @@ from smap_stt.config import Settings
 settings = Settings(_env_file=None, sqlite_path=sys.argv[1] + "/jobs.sqlite3",
                     blob_dir=sys.argv[1] + "/blobs", mongodb_url="", minio_endpoint="")
 create_app(settings, make_backends(settings, embedded=False))
+if len(sys.argv) > 2:  # and probe an upload, as the API does for every one
+    from pathlib import Path
+    from smap_stt.stt.audio import probe
+    assert probe(Path(sys.argv[2])).duration > 0.5
 print(json.dumps(sorted(sys.modules)))
 """
 
 
-def test_creating_the_api_imports_no_worker_engine_or_numpy(tmp_path: Path) -> None:
+def _wav(path: Path, seconds: float = 1.0) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(bytes(int(32000 * seconds)))
+    return path
+
+
+@pytest.mark.parametrize("probing", [False, True], ids=["start", "probe an upload"])
+def test_the_api_imports_no_worker_engine_or_numpy(tmp_path: Path, probing: bool) -> None:
+    extra = [str(_wav(tmp_path / "a.wav"))] if probing else []
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM, str(tmp_path)],
+        [sys.executable, "-c", PROGRAM, str(tmp_path), *extra],
         capture_output=True,
         text=True,
         timeout=60,
