@@ -36,11 +36,13 @@ class JobConflict(SttError):
 
 
 class InvalidRequest(SttError):
-    """The client asked for something invalid; `status_code` says how (400, 413, 415, 422...)."""
+    """The client asked for something invalid; `status_code` says how (400, 413, 415, 422...),
+    `param` which upload field it was, when one was (OpenAI's errors name it)."""
 
-    def __init__(self, message: str, status_code: int = 422) -> None:
+    def __init__(self, message: str, status_code: int = 422, *, param: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.param = param
 
 
 class DuplicateIdempotencyKey(SttError):

@@ -92,14 +92,15 @@ def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
         return default
     if raw in _TRUE or raw in _FALSE:
         return raw in _TRUE
-    raise InvalidRequest(f"{name} must be true or false, not {fields[name]!r}")
+    raise InvalidRequest(f"{name} must be true or false, not {fields[name]!r}", param=name)
 
 
 def _text(fields: dict[str, str], name: str) -> str | None:
     value = fields.get(name, "").strip()
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidRequest(
-            f"{name} is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are allowed"
+            f"{name} is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are allowed",
+            param=name,
         )
     return value or None
 
@@ -109,7 +110,8 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
     task = (fields.get("task") or "transcribe").strip().lower()
     if task not in ("transcribe", "translate"):
         raise InvalidRequest(
-            f"task must be 'transcribe' or 'translate' (into English), not {fields['task']!r}"
+            f"task must be 'transcribe' or 'translate' (into English), not {fields['task']!r}",
+            param="task",
         )
     raw_beam = fields.get("beam_size", "").strip()
     beam_size = None
@@ -117,7 +119,8 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
         beam_size = int(raw_beam) if re.fullmatch(r"[0-9]{1,2}", raw_beam) else -1
         if not 1 <= beam_size <= 10:
             raise InvalidRequest(
-                f"beam_size must be a whole number from 1 to 10, not {fields['beam_size']!r}"
+                f"beam_size must be a whole number from 1 to 10, not {fields['beam_size']!r}",
+                param="beam_size",
             )
     raw_temperature = fields.get("temperature", "").strip()
     temperature = 0.0
@@ -130,7 +133,8 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
         if not 0.0 <= temperature <= 1.0:
             raise InvalidRequest(
                 f"temperature must be a number from 0 to 1 (0: beam search, above 0: "
-                f"sampling), not {fields['temperature']!r}"
+                f"sampling), not {fields['temperature']!r}",
+                param="temperature",
             )
     return {
         "task": task,
@@ -159,15 +163,20 @@ async def parse_request(
     if model not in models and not settings.whisper_allow_download:
         models = await bucket_models.all_models(backends.blobs, settings.whisper_models_dir)
         if model not in models:
-            raise InvalidRequest(f"unknown model {model!r}; available: {', '.join(models)}")
+            raise InvalidRequest(
+                f"unknown model {model!r}; available: {', '.join(models)}", param="model"
+            )
     raw_priority = fields.get("priority") or "5"
     # ASCII digits only: int() would also take "٣", "1_0" and "+5".
     priority = int(raw_priority) if re.fullmatch(r"[0-9]{1,2}", raw_priority) else -1
     if not 0 <= priority <= 10:
-        raise InvalidRequest(f"priority must be a whole number from 0 to 10, not {raw_priority!r}")
+        raise InvalidRequest(
+            f"priority must be a whole number from 0 to 10, not {raw_priority!r}", param="priority"
+        )
     if priority > principal.max_priority:
         raise InvalidRequest(
-            f"priority {priority} is above this API key's maximum of {principal.max_priority}"
+            f"priority {priority} is above this API key's maximum of {principal.max_priority}",
+            param="priority",
         )
     return JobRequest(
         language=code or "auto",

@@ -172,6 +172,7 @@ def normalize_language(value: str) -> str | None:
     if code is None or not key:
         raise InvalidRequest(
             f"Unknown language {value!r}. Use 'auto' to detect it, or one of: "
-            + ", ".join(sorted(LANGUAGES))
+            + ", ".join(sorted(LANGUAGES)),
+            param="language",
         )
     return code

@@ -152,3 +152,25 @@ async def test_the_audio_is_served_whole_and_by_range(
     _error(
         await client.get(f"/api/v1/tasks/{job_id}/audio", headers={"Range": "bytes=999999-"}), 416
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("language", "klingon", "language"),
+        ("prompt", "x" * 1001, "prompt"),
+        ("temperature", "7", "temperature"),
+        ("priority", "11", "priority"),
+    ],
+)
+async def test_openai_errors_name_the_field_at_fault(
+    client: httpx.AsyncClient, wav: bytes, field: str, value: str, param: str
+) -> None:
+    answer = await client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav)},
+        data={"model": "whisper-1", field: value},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["param"], error["type"]) == (param, "invalid_request_error"), error

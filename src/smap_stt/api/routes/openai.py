@@ -74,7 +74,10 @@ def _error_for(exc: Exception, request: Request) -> JSONResponse:
     if isinstance(exc, InvalidRequest):
         # OpenAI answers 400 for a file it cannot use; the client raises BadRequestError.
         status = 400 if exc.status_code in (415, 422) else exc.status_code
-        param = "file" if exc.status_code in (413, 415) or "file" in str(exc) else None
+        # The task API's field names, in OpenAI's words where they differ.
+        param = {"initial_prompt": "prompt"}.get(exc.param or "", exc.param)
+        if param is None and (exc.status_code in (413, 415) or "file" in str(exc)):
+            param = "file"
         code = {
             409: "conflict",
             413: "file_too_large",
