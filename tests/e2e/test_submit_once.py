@@ -155,6 +155,8 @@ def test_paging_through_more_than_100_jobs(service: ServiceFactory, tiny_clip: C
         assert len(seen) == 131 == len(set(seen))
         assert seen[0] == tiny_clip.path.name
         assert seen[1:] == [f"f{index:03d}.wav" for index in reversed(range(130))]
+        clamped = client.get("/api/v1/tasks", params={"limit": 500}).json()  # issue 9: clamped
+        assert (clamped["limit"], clamped["count"], clamped["next_offset"]) == (100, 100, 100)
 
         failed = client.get("/api/v1/tasks", params={"status": "FAILED", "offset": 10}).json()
         assert failed["total"] == 13 and failed["count"] == 3 and failed["next_offset"] is None
