@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import srt
 import webvtt
@@ -81,6 +82,24 @@ def test_submit_without_wait_prints_job_ids(svc: Service, tiny_clip: Clip) -> No
     assert name == str(tiny_clip.path) and len(job_id) == 36
     waited = smap("wait", job_id, "--server", svc.url)
     assert waited.returncode == 0, waited.stderr
+
+
+def test_wait_exits_non_zero_naming_a_job_that_did_not_complete(
+    svc: Service, tiny_clip: Clip
+) -> None:
+    with httpx.Client(base_url=svc.url, timeout=60) as client:
+        ok = client.post("/api/v1/tasks/upload", files={"file": tiny_clip.path.read_bytes()})
+        stopped = client.post(
+            "/api/v1/tasks/upload",
+            files={"file": tiny_clip.path.read_bytes()},
+            data={"priority": "0"},  # behind the other one: still waiting when cancelled
+        )
+        stopped_id = stopped.json()["job_id"]
+        assert client.post(f"/api/v1/tasks/{stopped_id}/cancel").status_code == 200
+    waited = smap("wait", ok.json()["job_id"], stopped_id, "--server", svc.url)
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    assert f"job {stopped_id}" in waited.stderr and "CANCELLED" in waited.stderr
+    assert ok.json()["job_id"] not in waited.stderr and "Traceback" not in waited.stderr
 
 
 def test_unknown_jobs_and_bad_options_fail_with_a_line(svc: Service, tiny_clip: Clip) -> None:
