@@ -66,6 +66,35 @@ def test_signed_retried_and_recorded(
     assert again.headers["x-smap-delivery"] != hits[0].headers["x-smap-delivery"]
 
 
+def test_a_410_stops_at_once_and_a_receiver_that_keeps_failing_is_given_up(
+    serve: Service, receiver: Callable[..., Receiver], tiny_clip: Clip
+) -> None:
+    """WEBHOOK_RETRY_DELAYS=1,1,1: a 410 is the last attempt; 500s get the first try and three
+    retries, then no more. Both say so in the status; a cancelled job's event says it too."""
+    gone = receiver(answers=[410]).start()
+    failing = receiver(answers=[500] * 10).start()
+    cancelled = receiver().start()
+    with serve.client() as client:
+        first = upload(client, tiny_clip.path, callback_url=gone.url)
+        second = upload(client, tiny_clip.path, callback_url=failing.url)
+        third = upload(client, tiny_clip.path, callback_url=cancelled.url, priority=0)
+        client.post(f"/api/v1/tasks/{third}/cancel")
+        for job_id in (first, second, third):
+            wait_final(client, job_id)
+        gone.wait_hits(1)
+        failing.wait_hits(4)
+        cancelled.wait_hits(1)
+        time.sleep(2.5)  # any further attempt would come within a second
+        assert (len(gone.hits), len(failing.hits), len(cancelled.hits)) == (1, 4, 1)
+        status = {j: client.get(f"/api/v1/tasks/{j}/status").json() for j in (first, second, third)}
+    for job_id, codes in ((first, [410]), (second, [500] * 4)):
+        webhook = status[job_id]["webhook"]
+        assert [a.get("status_code") for a in webhook["attempts"]] == codes
+        assert webhook["delivered_at"] is None and webhook["next_attempt_at"] is None
+    if status[third]["status"] == "CANCELLED":  # the worker may have finished it first
+        assert cancelled.hits[0].json()["event"] == "job.cancelled"
+
+
 def test_forged_signature_does_not_verify(
     serve: Service, receiver: Callable[..., Receiver], tiny_clip: Clip
 ) -> None:
