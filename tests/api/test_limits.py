@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from smap_stt.keys import parse_key
 from tests.conftest import Clip, _delete_topology
 from tests.procs import ROOT, SMAP_STT, Service, base_env, free_port, wait_http
 
@@ -38,6 +39,7 @@ class Apis:
     urls: list[str]
     """Two API processes on one SQLite job store."""
     keys: list[str]
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,8 @@ def apis(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator
         service.start("api")
         service.start("api", API_PORT=second)
         wait_http(f"http://127.0.0.1:{second}/docs", service.procs[1])
-        keys = [_create_key(env, name) for name in "abcde"]
-        yield Apis([f"http://127.0.0.1:{first}", f"http://127.0.0.1:{second}"], keys)
+        keys = [_create_key(env, name) for name in "abcdef"]
+        yield Apis([f"http://127.0.0.1:{first}", f"http://127.0.0.1:{second}"], keys, env)
     finally:
         service.stop_all()
         asyncio.run(_delete_topology(env["RABBITMQ_EXCHANGE_NAME"], env["RABBITMQ_QUEUE_NAME"]))
@@ -129,6 +131,21 @@ def test_waiting_jobs_are_capped_per_key_and_in_all(apis: Apis, tiny_clip: Clip)
         cancelled = httpx.post(f"{a}/api/v1/tasks/{job_id}/cancel", headers=_key(apis, index))
         assert cancelled.status_code == 200
     assert _post(b, _key(apis, 1), clip).status_code == 201
+
+
+def test_a_revoked_key_is_refused_by_every_process_at_once(apis: Apis) -> None:
+    key = _key(apis, 5)
+    assert [httpx.get(f"{url}/api/v1/tasks", headers=key).status_code for url in apis.urls] == [
+        200,
+        200,
+    ]
+    key_id = parse_key(apis.keys[5])
+    assert key_id is not None
+    subprocess.run(
+        [*SMAP_STT, "keys", "revoke", key_id], env=apis.env, cwd=ROOT, check=True, timeout=60
+    )
+    codes = [httpx.get(f"{url}/api/v1/tasks", headers=key).status_code for url in apis.urls]
+    assert codes == [401, 401]
 
 
 def test_the_request_rate_is_counted_across_processes(apis: Apis) -> None:

@@ -201,6 +201,30 @@ def test_cancel_a_long_job_from_the_list(page: Page, web: Service, long_clip: Cl
     expect(row.get_by_role("button", name=f"Cancel {long_clip.path.name}")).to_be_hidden()
 
 
+def test_filter_by_status_then_delete_in_two_steps(
+    page: Page, web: Service, long_clip: Clip, short_clip: Clip
+) -> None:
+    """After the cancel above: the Cancelled filter shows that job only; Delete asks once
+    more ("Delete?") before the job and its files are gone."""
+    page.goto(f"{web.url}/#/")
+    page.locator("#status-filter button", has_text="Cancelled").click()
+    row = job_row(page, long_clip.path.name)
+    expect(row).to_have_count(1)
+    expect(job_row(page, short_clip.path.name)).to_have_count(0)
+    job_id = row.get_attribute("data-id")
+    row.get_by_role("button", name=f"Delete {long_clip.path.name}").click()
+    confirm = row.get_by_role("button", name=f"Really delete {long_clip.path.name}")
+    expect(confirm).to_have_text("Delete?")
+    with web.client() as client:  # one click deletes nothing
+        assert client.get(f"/api/v1/tasks/{job_id}/status").status_code == 200
+    confirm.click()
+    expect(row).to_have_count(0)
+    with web.client() as client:
+        assert client.get(f"/api/v1/tasks/{job_id}/status").status_code == 404
+    page.locator("#status-filter button", has_text="All").click()
+    expect(job_row(page, short_clip.path.name).first).to_be_visible()
+
+
 def test_a_refused_file_shows_the_servers_reason(page: Page, web: Service, tmp_path: Path) -> None:
     bad = tmp_path / "minutes.wav"
     bad.write_bytes(b"These are meeting minutes, typed, not recorded.\n" * 50)
