@@ -2,8 +2,8 @@
 core, then + two workers pinned to a core each (`taskset`), in the same run; upload → COMPLETED,
 the chunks each worker took, WER against the text that was spoken. Each worker decodes with
 one single-threaded decoder (MAX_CONCURRENT_JOBS=1, WHISPER_CPU_THREADS=1), as a one-core
-machine would. A third run, one worker with FANOUT_MIN_SECONDS=0, is the same file without
-fan-out: what splitting costs a deployment of one worker."""
+machine would. The lone worker does not split the file (there is nobody to share it with), so
+the ratio is the two workers' time against what one worker does by default."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import av
 from tests.procs import upload, wait_final
-from tests.speech import cached_speech_paragraphs, long_speech, paragraphs, wer
+from tests.speech import wer
 
 from bench.common import running, table
+from bench.long import clip_for
 
 COMMAND = ".venv/bin/python -m bench.run j"
 ONE_CORE = {"MAX_CONCURRENT_JOBS": 1, "WHISPER_CPU_THREADS": 1}
@@ -42,21 +43,13 @@ def run(clip: Path, workers: int, **env: object) -> tuple[float, str, list[int]]
     return elapsed, text, taken
 
 
-def _clip(quick: bool) -> tuple[str, Path]:
-    if quick:  # about two minutes, split into chunks of 20 s
-        texts = paragraphs("long")[:4]
-        return " ".join(texts), cached_speech_paragraphs(texts, fmt="mp3", speed=150)
-    return long_speech()
-
-
 def main(quick: bool = False) -> str:
-    reference, clip = _clip(quick)
+    reference, clip = clip_for(quick)  # (b)'s clip: ~10 min, or ~90 s with --quick
     with av.open(str(clip)) as container:
         duration = float(container.duration or 0) / 1e6
     env: dict[str, object] = {"FANOUT_MIN_SECONDS": 60, "FANOUT_CHUNK_SECONDS": 20} if quick else {}
     cases = [
-        ("1 worker, 1 core, not split (FANOUT_MIN_SECONDS=0)", 1, {"FANOUT_MIN_SECONDS": 0}),
-        ("1 worker, 1 core", 1, env),
+        ("1 worker, 1 core (a lone worker does not split)", 1, env),
         ("2 workers, 1 core each", 2, env),
     ]
     results = []
@@ -64,7 +57,7 @@ def main(quick: bool = False) -> str:
         elapsed, text, taken = run(clip, workers, **extra)
         results.append((name, elapsed, wer(reference, text), taken))
         print(f"{name}: {elapsed:.1f} s, WER {results[-1][2]:.3f}, chunks {taken}", flush=True)
-    one, two = results[1], results[2]
+    one, two = results
     ratio = two[1] / one[1]
     rows: list[list[object]] = [
         [name, f"{elapsed:.1f} s", f"{elapsed / duration:.3f}", f"{error:.3f}", taken]

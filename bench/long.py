@@ -74,7 +74,7 @@ def service_run(clip: Path) -> tuple[float, float, str]:
     return elapsed, rss.peak_mb, text
 
 
-def _clip(quick: bool) -> tuple[str, Path]:
+def clip_for(quick: bool) -> tuple[str, Path]:
     if quick:  # the first paragraphs only: about two minutes
         texts = paragraphs("long")[:4]
         return " ".join(texts), cached_speech_paragraphs(texts, fmt="mp3", speed=150)
@@ -82,7 +82,7 @@ def _clip(quick: bool) -> tuple[str, Path]:
 
 
 def main(quick: bool = False) -> str:
-    reference, clip = _clip(quick)
+    reference, clip = clip_for(quick)
     with av.open(str(clip)) as container:
         duration = float(container.duration or 0) / 1e6
     runs = 1 if quick else int(os.environ.get("BENCH_RUNS", "3"))

@@ -9,11 +9,12 @@ as fast as sequential faster-whisper on a CPU. Only one chunk of audio is in mem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,9 +199,7 @@ class Engine:
         # so the decoding threads never wait for us; two chunks bound the memory.
         flight: deque[_PendingChunk] = deque()
         current: _PendingChunk | None = None
-        with self._lock:
-            self._calls += 1
-        try:
+        with self._call(job, lambda: (current, *flight)):
             for audio in iter_chunks(
                 path,
                 chunk_seconds=self._options.chunk_seconds,
@@ -222,16 +221,6 @@ class Engine:
                 current = flight.popleft()
                 self._finish(job, current, on_chunk, counter)
             current = None
-        except Stopped:
-            raise JobCancelled("the transcription was stopped") from None
-        finally:
-            with self._lock:
-                self._calls -= 1
-            # Stopped or failed: nothing of this call may keep the decoding threads busy.
-            job.stop.set()
-            for pending in (current, *flight):
-                for future in pending.futures if pending is not None else ():
-                    future.cancel()
         job.progress.finish()
         counter.done(len(job.chunks))
         return Transcript.from_chunks(
@@ -254,20 +243,33 @@ class Engine:
         `transcribe` decodes a chunk, on the same decoders. Setting `stop` ends the work after
         the model calls running; the call then raises JobCancelled."""
         job = self._new_job(model, language, options, duration=audio.end_seconds, stop=stop)
+        pending: _PendingChunk | None = None
+        with self._call(job, lambda: (pending,)):
+            pending = self._submit(job, audio)
+            chunk = self._decoded(job, pending)
+        return chunk
+
+    @contextlib.contextmanager
+    def _call(
+        self, job: _Job, pending: Callable[[], Iterable[_PendingChunk | None]]
+    ) -> Iterator[None]:
+        """One call's bookkeeping, shared by `transcribe` and `transcribe_chunk`: counted while
+        it runs (the solo decoder's rule), Stopped raised as JobCancelled, and, stopped or
+        failed, nothing of it left to keep the decoding threads busy (`pending`: its chunks
+        still queued or decoding, read when the call ends)."""
         with self._lock:
             self._calls += 1
-        pending: _PendingChunk | None = None
         try:
-            pending = self._submit(job, audio)
-            return self._decoded(job, pending)
+            yield
         except Stopped:
             raise JobCancelled("the transcription was stopped") from None
         finally:
             with self._lock:
                 self._calls -= 1
             job.stop.set()
-            for future in pending.futures if pending is not None else ():
-                future.cancel()
+            for chunk in pending():
+                for future in chunk.futures if chunk is not None else ():
+                    future.cancel()
 
     def detect_language(
         self, audio: ChunkAudio, *, model: str, vad_filter: bool = True

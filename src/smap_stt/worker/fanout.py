@@ -73,34 +73,40 @@ def job_options(job: Job) -> TranscribeOptions:
     )
 
 
-async def applies(ctx: WorkerContext, audio: Path) -> bool:
-    """Whether this job's file is split across workers: long enough, on a queue that reaches
+async def split_duration(ctx: WorkerContext, audio: Path) -> float | None:
+    """The file's duration if it is to be split across workers (None: it stays one unit of
+    work): long enough, on a queue that reaches
     other workers, and another worker is there to share it (this one consumes chunks too).
     Otherwise the file stays one unit of work: splitting it for this worker alone costs a
-    little time and accuracy (bench j: 74.6 s against 72.7 s on one core, WER +0.005)."""
+    little time and accuracy (an earlier bench j run: 74.6 s against 72.7 s on one core,
+    WER +0.005)."""
     queue, minimum = ctx.backends.queue, ctx.settings.fanout_min_seconds
     if minimum <= 0 or not queue.fans_out:
-        return False
+        return None
     limit = ctx.settings.max_audio_duration_seconds
     duration = (await asyncio.to_thread(probe, audio, max_seconds=limit)).duration
     if duration < minimum:
-        return False
+        return None
     consumers = await queue.chunk_consumers()
-    return consumers is None or consumers >= 2
+    return duration if consumers is None or consumers >= 2 else None
 
 
 # --- the coordinator ---------------------------------------------------------------------
 
 
 async def transcribe_across_workers(
-    ctx: WorkerContext, job: Job, control: Control, audio: Path, done: list[ChunkTranscript]
+    ctx: WorkerContext,
+    job: Job,
+    control: Control,
+    audio: Path,
+    done: list[ChunkTranscript],
+    *,
+    duration: float,
 ) -> Transcript:
     """Plan and publish the chunks `done` does not have yet, wait for all of them, and return
-    the whole transcript. Raises JobCancelled (through `control`) when the attempt must stop."""
+    the whole transcript of the `duration` seconds of `audio`. Raises JobCancelled (through
+    `control`) when the attempt must stop."""
     settings = ctx.settings
-    duration = (
-        await asyncio.to_thread(probe, audio, max_seconds=settings.max_audio_duration_seconds)
-    ).duration
     finished = {chunk.index: chunk for chunk in done}
     language = None if job.language == "auto" else job.language
     probability: float | None = None

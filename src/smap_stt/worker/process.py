@@ -500,8 +500,11 @@ async def _transcribe_job(ctx: WorkerContext, delivery: Delivery, job: Job) -> N
             allow_download=settings.whisper_allow_download,
         )
         language = None if job.language == "auto" else job.language
-        if await fanout.applies(ctx, audio):
-            transcript = await fanout.transcribe_across_workers(ctx, job, control, audio, done)
+        split = await fanout.split_duration(ctx, audio)
+        if split is not None:
+            transcript = await fanout.transcribe_across_workers(
+                ctx, job, control, audio, done, duration=split
+            )
         else:
             transcript = await asyncio.to_thread(
                 _transcribe,
