@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smap_stt.stt.audio import SAMPLE_RATE
 from smap_stt.stt.results import Segment
-from smap_stt.stt.windows import Window, _check, _Outcome, _segments, _Word, fixed_windows
+from smap_stt.stt.windows import (
+    _MIN_FILL,
+    Window,
+    _check,
+    _Outcome,
+    _pack,
+    _padded,
+    _segments,
+    _Word,
+    fixed_windows,
+)
 
 S = SAMPLE_RATE
 
@@ -110,3 +122,59 @@ def test_fixed_windows_cover_the_audio_back_to_back_without_vad() -> None:
     assert [w.regions for w in windows] == [[(0, 30 * S)], [(30 * S, 60 * S)], [(60 * S, 65 * S)]]
     assert sum(len(w.audio) for w in windows) == len(audio)
     assert fixed_windows(audio[:0]) == []
+
+
+def test_regions_are_padded_like_faster_whisper_and_share_short_pauses() -> None:
+    speech = [(2 * S, 5 * S), (5 * S + 2000, 9 * S), (20 * S, 21 * S)]
+    regions, pauses = _padded(speech, pad=6400, total=22 * S)
+    assert pauses == [2000, 11 * S]
+    # a 125 ms pause is split between its two regions; a long one gets 400 ms each side
+    assert regions == [
+        (2 * S - 6400, 5 * S + 1000),
+        (5 * S + 1000, 9 * S + 6400),
+        (20 * S - 6400, 21 * S + 6400),
+    ]
+    assert _padded([(100, 200)], pad=6400, total=300) == ([(0, 300)], [])
+
+
+def test_a_full_window_is_cut_at_its_longest_pause_not_where_it_overflows() -> None:
+    # 5 s regions; the pause after the fifth (25 s) is the longest within the last fifth
+    regions = [(i * 6 * S, i * 6 * S + 5 * S) for i in range(12)]
+    pauses = [S // 5] * 11
+    pauses[4] = S  # sentence end after 25 s of speech
+    pauses[2] = 2 * S  # longer, but would leave the window half empty
+    assert _pack(regions, pauses, limit=30 * S) == [(0, 5), (5, 11), (11, 12)]
+
+
+def test_without_a_better_pause_the_window_takes_all_that_fits() -> None:
+    regions = [(i * 10 * S, i * 10 * S + 7 * S) for i in range(9)]  # 7 s each
+    pauses = [3 * S] * 8
+    assert _pack(regions, pauses, limit=30 * S) == [(0, 4), (4, 8), (8, 9)]
+
+
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.integers(1, 8 * S), st.integers(1, 40 * S)), st.integers(0, 3 * S)),
+        max_size=40,
+    )
+)
+def test_packing_keeps_every_region_once_in_order_and_fills_windows(
+    spans: list[tuple[int, int]],
+) -> None:
+    regions, pauses, at = [], [], 0
+    for length, pause in spans:
+        regions.append((at, at + length))
+        pauses.append(pause)
+        at += length + pause
+    pauses = pauses[:-1]
+    limit = 30 * S
+    packed = _pack(regions, pauses, limit)
+    assert [k for first, cut in packed for k in range(first, cut)] == list(range(len(regions)))
+    for first, cut in packed[:-1]:
+        length = sum(end - start for start, end in regions[first:cut])
+        following = regions[cut][1] - regions[cut][0]
+        # full enough, or nothing more fitted
+        assert length >= _MIN_FILL * limit or length + following > limit
+    for first, cut in packed:
+        length = sum(end - start for start, end in regions[first:cut])
+        assert length <= limit or cut == first + 1  # only a lone over-long region overflows
