@@ -42,7 +42,7 @@ from smap_stt.jobs import (
 from smap_stt.keys import OPEN, Principal
 from smap_stt.stt import audio, bucket_models
 from smap_stt.stt.languages import normalize_language
-from smap_stt.stt.local_models import available_models
+from smap_stt.stt.local_models import available_models, recently_available
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class Upload:
     size: int
     fields: dict[str, str] = field(default_factory=dict)
     sha256: str = ""  # dialects (issue 10): hex digest of the file as received
+    stored: bool = False
+    """The file was moved into the blob store: nothing is left at `path` to remove."""
+    probed: audio.AudioInfo | AudioError | None = None
+    """`probe_upload` of the file, when the HTTP layer ran it as the file arrived."""
 
     @property
     def suffix(self) -> str:
@@ -159,13 +163,14 @@ async def parse_request(
     aliased = {WHISPER_1: settings.whisper_model, **settings.model_aliases}.get(model)
     if aliased is not None and aliased != model:
         requested_model, model = model, aliased
-    models = await asyncio.to_thread(available_models, settings.whisper_models_dir)
-    if model not in models and not settings.whisper_allow_download:
-        models = await bucket_models.all_models(backends.blobs, settings.whisper_models_dir)
-        if model not in models:
-            raise InvalidRequest(
-                f"unknown model {model!r}; available: {', '.join(models)}", param="model"
-            )
+    if not recently_available(settings.whisper_models_dir, model):
+        models = await asyncio.to_thread(available_models, settings.whisper_models_dir)
+        if model not in models and not settings.whisper_allow_download:
+            models = await bucket_models.all_models(backends.blobs, settings.whisper_models_dir)
+            if model not in models:
+                raise InvalidRequest(
+                    f"unknown model {model!r}; available: {', '.join(models)}", param="model"
+                )
     raw_priority = fields.get("priority") or "5"
     # ASCII digits only: int() would also take "٣", "1_0" and "+5".
     priority = int(raw_priority) if re.fullmatch(r"[0-9]{1,2}", raw_priority) else -1
@@ -187,6 +192,20 @@ async def parse_request(
     )
 
 
+def probe_upload(settings: Settings, path: Path) -> audio.AudioInfo | AudioError:
+    """The check every upload gets (decodable audio of MIN_AUDIO_SECONDS to
+    MAX_AUDIO_DURATION_SECONDS), its AudioError returned, not raised: the HTTP layer runs it as
+    the file arrives and `submit` reports it after the form's errors."""
+    try:
+        return audio.probe(
+            path,
+            min_seconds=settings.min_audio_seconds,
+            max_seconds=settings.max_audio_duration_seconds,
+        )
+    except AudioError as exc:
+        return exc
+
+
 async def submit(
     settings: Settings,
     backends: Backends,
@@ -202,17 +221,13 @@ async def submit(
     `idempotency_key` (already scoped, see `submit_once`) is stored with the job under a
     unique index: a second job with the key raises DuplicateIdempotencyKey."""
     request = await parse_request(settings, backends, upload.fields, principal=principal)
-    try:
-        info = await asyncio.to_thread(
-            audio.probe,
-            upload.path,
-            min_seconds=settings.min_audio_seconds,
-            max_seconds=settings.max_audio_duration_seconds,
-        )
-    except (AudioTooShort, AudioRejected) as exc:
-        raise InvalidRequest(str(exc), status_code=422) from None
-    except AudioError as exc:
-        raise InvalidRequest(str(exc), status_code=415) from None
+    info = upload.probed
+    if info is None:
+        info = await asyncio.to_thread(probe_upload, settings, upload.path)
+    if isinstance(info, AudioTooShort | AudioRejected):
+        raise InvalidRequest(str(info), status_code=422)
+    if isinstance(info, AudioError):
+        raise InvalidRequest(str(info), status_code=415)
 
     callback_url = await callback_from(settings, upload.fields)  # issue 11
     job_id = new_job_id()
@@ -250,6 +265,7 @@ async def submit(
         if twin is not None:
             return await _reuse(backends, job, twin, upload)
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
+    upload.stored = True
     try:
         await backends.store.create(job)
     except BaseException:
@@ -558,6 +574,7 @@ async def _reuse(backends: Backends, job: Job, twin: Job, upload: Upload) -> Job
     job.chunks_total = job.chunks_completed = twin.chunks_total
     data = await asyncio.to_thread(lambda: json.dumps(document, ensure_ascii=False).encode())
     await backends.blobs.put_file(job.audio_key, upload.path, move=True)
+    upload.stored = True
     try:
         await backends.blobs.put_bytes(job.result_key, data, content_type="application/json")
         await backends.store.create(job)

@@ -117,3 +117,20 @@ def test_the_truncated_small_packages_are_never_offered(tmp_path: Path) -> None:
     assert "small" not in available_models(tmp_path)
     with pytest.raises(ModelNotFound):
         resolve_model(tmp_path, "small")
+
+
+def test_a_recent_listing_answers_without_scanning_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: the API asks on every upload; only a name listed within LISTING_SECONDS is
+    taken on trust, anything else (a model added since) means scanning again."""
+    _fake_model(tmp_path / "large-v3")
+    assert not local_models.recently_available(tmp_path, "large-v3")  # never listed
+    assert "large-v3" in available_models(tmp_path)
+    assert local_models.recently_available(tmp_path, "large-v3")
+    assert not local_models.recently_available(tmp_path, "medium")
+    assert not local_models.recently_available(tmp_path / "other", "large-v3")
+    listed_at, names = local_models._listings[tmp_path]
+    stale = listed_at - local_models.LISTING_SECONDS - 1
+    monkeypatch.setitem(local_models._listings, tmp_path, (stale, names))
+    assert not local_models.recently_available(tmp_path, "large-v3")

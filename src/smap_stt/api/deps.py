@@ -23,3 +23,11 @@ async def _backends(request: Request) -> Backends:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BackendsDep = Annotated[Backends, Depends(_backends)]
+
+
+def settings_and_backends(request: Request) -> tuple[Settings, Backends]:
+    """The same as SettingsDep and BackendsDep as a plain call, for the upload routes: each
+    dependency FastAPI solves costs a few per cent of an upload's time on the event loop
+    (issue 14's profile)."""
+    state = request.app.state
+    return state.settings, state.backends

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +20,11 @@ from starlette.requests import ClientDisconnect, Request
 
 from smap_stt import limits, metrics, service
 from smap_stt.config import Settings
-from smap_stt.errors import InvalidRequest
+from smap_stt.errors import AudioError, InvalidRequest
 from smap_stt.keys import Principal
 from smap_stt.retention import process_dir
 from smap_stt.service import Upload
+from smap_stt.stt.audio import AudioInfo
 
 if TYPE_CHECKING:
     from smap_stt.backends import Backends
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["Upload", "clean_filename", "receive_upload", "unlink_spool"]
 
 FLUSH_BYTES = 1024 * 1024
+MIN_VIEW_BYTES = 16 * 1024  # smaller pieces of the file are copied, not kept as views
+_IOV_MAX = 1024  # buffers one writev takes (Linux, macOS)
 MAX_FIELD_BYTES = 4096
 MAX_PART_HEADERS = 16
 MAX_PARTS = 16  # the file and the small fields (language, model, priority, options)
@@ -68,6 +72,10 @@ def wav_header(data_bytes: int, *, rate: int = PCM_RATE) -> bytes:
     )
 
 
+Check = Callable[[Path], AudioInfo | AudioError]
+"""What `receive_upload` runs on the received file: `service.probe_upload`."""
+
+
 def _patch_wav_sizes(path: Path, data_bytes: int) -> None:
     """Write the real sizes into the header that was streamed with placeholders."""
     with path.open("r+b") as spool:
@@ -81,7 +89,13 @@ class _FormCollector:
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.file_size = 0
-        self.pending = bytearray()
+        # The file part as views of the received chunks (immutable bytes), not copied: they
+        # go to disk in one write each once FLUSH_BYTES are pending (issue 14's profile:
+        # copying them into one buffer was the parser's largest cost). Small pieces are
+        # copied into a buffer instead, so a client sending a byte at a time cannot make a
+        # view per byte.
+        self.pending: list[bytearray | memoryview] = []
+        self.pending_bytes = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -138,12 +152,23 @@ class _FormCollector:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
-            self.pending += memoryview(data)[start:end]
+            piece = memoryview(data)[start:end]
+            if end - start >= MIN_VIEW_BYTES:
+                self.pending.append(piece)
+            elif self.pending and isinstance(self.pending[-1], bytearray):
+                self.pending[-1] += piece
+            else:
+                self.pending.append(bytearray(piece))
+            self.pending_bytes += end - start
             self.file_size += end - start
         else:
             self._value.extend(data[start:end])
             if len(self._value) > MAX_FIELD_BYTES:
                 raise InvalidRequest(f"form field {self._name!r} is too long", status_code=422)
+
+    def take_pending(self) -> list[bytearray | memoryview]:
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        return pending
 
     def _part_end(self) -> None:
         if not self._is_file and self._name:
@@ -155,17 +180,27 @@ class _FormCollector:
             self.fields[self._name] = value
 
 
-def _append(path: Path, data: bytes | bytearray, digest: Any = None) -> None:
+def _append(path: Path, pieces: list[bytearray | memoryview], digest: Any = None) -> None:
     """Append to the spool file (and feed the content hash), off the event loop."""
     if digest is not None:
-        digest.update(data)
+        for piece in pieces:
+            digest.update(piece)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     try:
-        spool = path.open("ab")
+        fd = os.open(path, flags, 0o666)
     except FileNotFoundError:  # the spool directory is made on first use (or if removed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        spool = path.open("ab")
-    with spool:
-        spool.write(data)
+        fd = os.open(path, flags, 0o666)
+    try:
+        while pieces:  # one writev; a short write (disk full, signal) goes on where it ended
+            written = os.writev(fd, pieces[:_IOV_MAX])
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces[0])
+                pieces = pieces[1:]
+            if written:
+                pieces = [memoryview(pieces[0])[written:], *pieces[1:]]
+    finally:
+        os.close(fd)
 
 
 async def receive_upload(
@@ -176,6 +211,7 @@ async def receive_upload(
     idle_timeout: float = 60,
     file_field: str = "file",
     raw_pcm: bool = False,
+    check: Check | None = None,
 ) -> Upload:
     """Parse a multipart upload into a spool file. Raises InvalidRequest (400/408/413/415/422);
     on any error nothing is left on disk. A client that stops sending for `idle_timeout`
@@ -184,7 +220,11 @@ async def receive_upload(
     The file's sha256 is computed as its bytes go to disk (never by reading it again).
     `raw_pcm`: the file is headerless 16 kHz mono s16le PCM (whisper-asr-webservice's
     `encode=false`); a WAV header is written in front of it as it streams, so the spool file
-    is an ordinary WAV for the probe and the worker."""
+    is an ordinary WAV for the probe and the worker.
+
+    `check` (the probe, `service.probe_upload`) runs on the complete file in the same thread
+    hop as its last write; its outcome is the Upload's `probed`, which `service.submit`
+    reports after the form's own errors, as it always did (issue 14: a hop less per upload)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary", b"")
     if content_type != b"multipart/form-data" or not boundary:
@@ -210,53 +250,65 @@ async def receive_upload(
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     digest = hashlib.sha256()
     if raw_pcm:  # placeholder sizes, patched once the length is known
-        header = wav_header(0)
-        collector.pending += header
+        collector.pending.append(bytearray(wav_header(0)))
     received = 0
     chunks = request.stream()
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise InvalidRequest(
-                    f"the upload sent nothing for {idle_timeout:g} s; send the body without pauses",
-                    status_code=408,
-                ) from None
-            received += len(chunk)
-            if received > max_bytes + FORM_OVERHEAD:
-                raise too_large
-            parser.write(chunk)
-            if collector.file_size > max_bytes:
-                raise too_large
-            if len(collector.pending) >= FLUSH_BYTES:
-                data, collector.pending = collector.pending, bytearray()
-                await asyncio.to_thread(_append, spool, data, digest)
+        # One timeout for the whole body, pushed back as each chunk arrives and disarmed
+        # while a flush runs, so only the client's silence expires it (a new asyncio.timeout
+        # per chunk was ~5 % of the event loop's time on an upload, issue 14).
+        idle = asyncio.timeout(None)
+        try:
+            async with idle:
+                while True:
+                    idle.reschedule(loop.time() + idle_timeout)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    received += len(chunk)
+                    if received > max_bytes + FORM_OVERHEAD:
+                        raise too_large
+                    parser.write(chunk)
+                    if collector.file_size > max_bytes:
+                        raise too_large
+                    if collector.pending_bytes >= FLUSH_BYTES:
+                        idle.reschedule(None)
+                        await asyncio.to_thread(_append, spool, collector.take_pending(), digest)
+        except TimeoutError:
+            if not idle.expired():
+                raise
+            raise InvalidRequest(
+                f"the upload sent nothing for {idle_timeout:g} s; send the body without pauses",
+                status_code=408,
+            ) from None
         parser.finalize()
         if parser.state != MultipartState.END:
             raise InvalidRequest(
                 "malformed multipart body: it ends before its closing boundary", status_code=400
             )
-        if collector.pending or not collector.file_size:
-            await asyncio.to_thread(_append, spool, collector.pending, digest)
         if not collector.saw_file:
             raise InvalidRequest(
                 f"the form has no {file_field!r} field: send the audio as {file_field}=@..."
             )
         if collector.file_size <= 0:
             raise InvalidRequest("the uploaded file is empty", status_code=422)
-        filename = clean_filename(collector.filename or "")
-        if raw_pcm:
-            await asyncio.to_thread(_patch_wav_sizes, spool, collector.file_size)
+        probed = await asyncio.to_thread(
+            _finish,
+            spool,
+            collector.take_pending(),
+            digest,
+            wav_data_bytes=collector.file_size if raw_pcm else None,
+            check=check,
+        )
         return Upload(
-            filename=filename,
+            filename=clean_filename(collector.filename or ""),
             path=spool,
             size=collector.file_size,
             fields=collector.fields,
             sha256=digest.hexdigest(),
+            probed=probed,
         )
     except FormParserError as exc:  # the body does not parse (also: too many part headers)
         await asyncio.to_thread(unlink_spool, spool)
@@ -267,6 +319,22 @@ async def receive_upload(
     except BaseException:
         await asyncio.to_thread(unlink_spool, spool)
         raise
+
+
+def _finish(
+    path: Path,
+    pieces: list[bytearray | memoryview],
+    digest: Any,
+    *,
+    wav_data_bytes: int | None,
+    check: Check | None,
+) -> AudioInfo | AudioError | None:
+    """Off the event loop, in one go: the spool file's last write, the real sizes in its WAV
+    header (raw PCM), and `check` of the complete file."""
+    _append(path, pieces, digest)
+    if wav_data_bytes is not None:
+        _patch_wav_sizes(path, wav_data_bytes)
+    return None if check is None else check(path)
 
 
 def unlink_spool(path: Path) -> None:
@@ -302,6 +370,7 @@ async def intake(
                         idle_timeout=settings.upload_idle_timeout,
                         file_field=file_field,
                         raw_pcm=raw_pcm,
+                        check=functools.partial(service.probe_upload, settings),
                     )
             except TimeoutError:  # receive_upload removed its spool file on the way out
                 raise InvalidRequest(
@@ -312,4 +381,5 @@ async def intake(
         try:
             yield upload
         finally:
-            await asyncio.to_thread(unlink_spool, upload.path)
+            if not upload.stored:  # a thread hop per upload saved when it was (issue 14)
+                await asyncio.to_thread(unlink_spool, upload.path)

@@ -23,7 +23,8 @@ class BlobStore(ABC):
     @abstractmethod
     async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         """Store the file at `path` under `key`, streaming. `move`: the caller no longer needs
-        the file, so a local store may rename it instead of copying."""
+        the file, so a local store may rename it instead of copying; either way the file at
+        `path` is gone once this returns (the upload path relies on it)."""
 
     @abstractmethod
     async def put_bytes(self, key: str, data: bytes, *, content_type: str = "") -> None: ...

@@ -54,6 +54,7 @@ _JSON_COLUMNS = frozenset(
 )
 _HINTS.update({name: "json" for name in _JSON_COLUMNS})
 _COLUMNS = frozenset(_HINTS)
+_FIELDS = tuple(field.name for field in fields(Job))
 _BOOL_COLUMNS = frozenset(name for name, hint in _HINTS.items() if hint is bool)
 
 
@@ -151,7 +152,9 @@ class SqliteJobStore(JobStore):
     # --- primitives --------------------------------------------------------------------------
 
     async def _insert(self, job: Job) -> None:
-        values = {name: _to_sql(value) for name, value in job.to_dict().items()}
+        # Read field by field, not `job.to_dict()`: its deep copy (dataclasses.asdict) was
+        # most of an upload's insert (issue 14), and lists and dicts become JSON text anyway.
+        values = {name: _to_sql(getattr(job, name)) for name in _FIELDS}
         sql = f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -269,6 +272,25 @@ class SqliteJobStore(JobStore):
         def count(conn: sqlite3.Connection) -> tuple[int, float]:
             number, seconds = conn.execute(sql, params).fetchone()
             return int(number), float(seconds)
+
+        return await self._run(count)
+
+    async def count(self, *, status: JobStatus | None = None, owner: str | None = None) -> int:
+        # COUNT(*) alone is answered from the (status, ...) and (owner, status) indexes; the
+        # audio seconds `_count` adds up read every row counted. Every upload counts the
+        # waiting jobs (MAX_PENDING_JOBS), so that grew with the queue (issue 14).
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(_to_sql(status))
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        sql = f"SELECT COUNT(*) FROM jobs WHERE {' AND '.join(where)}"
+
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, params).fetchone()[0])
 
         return await self._run(count)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,9 +233,11 @@ def decode_audio(path: Path) -> np.ndarray:
 
 
 def _open(path: Path) -> av.container.InputContainer:
+    # One look at the file before FFmpeg opens it: its size and first bytes (text? WAV?) from
+    # one open, not a stat and two opens (issue 14: each costs an upload a syscall or three).
     try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
+        with path.open("rb", buffering=0) as file:
+            size = os.fstat(file.fileno()).st_size
             head = file.read(512)
     except OSError as exc:
         logger.info("cannot read %s: %r", path.name, exc)
@@ -247,7 +250,7 @@ def _open(path: Path) -> av.container.InputContainer:
             "recording itself."
         )
     try:
-        return _av_open(path)
+        return _av_open(path, wav=_is_wav_header(head))
     except (av.error.InvalidDataError, av.error.ArgumentError, av.error.PermissionError) as exc:
         # ArgumentError (EINVAL): the demuxer FFmpeg recognised is not in ALLOWED_FORMATS.
         logger.info("refused to open %s: %r", path.name, exc)
@@ -259,9 +262,12 @@ def _open(path: Path) -> av.container.InputContainer:
         raise AudioError("The file could not be opened as audio or video.") from exc
 
 
-def _av_open(path: Path) -> av.container.InputContainer:
-    """The one way this module opens media: allowed demuxers and the file protocol only."""
-    options = {**_OPEN_OPTIONS, **(_WAV_OPTIONS if _is_wav(path) else {})}
+def _av_open(path: Path, *, wav: bool | None = None) -> av.container.InputContainer:
+    """The one way this module opens media: allowed demuxers and the file protocol only.
+    `wav`: whether the file starts as a WAV does, when the caller has read its start."""
+    if wav is None:
+        wav = _is_wav(path)
+    options = {**_OPEN_OPTIONS, **(_WAV_OPTIONS if wav else {})}
     return av.open(str(path), mode="r", metadata_errors="ignore", options=options)
 
 
@@ -271,6 +277,10 @@ def _is_wav(path: Path) -> bool:
             head = file.read(12)
     except OSError:
         return False  # av.open reports it
+    return _is_wav_header(head)
+
+
+def _is_wav_header(head: bytes) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
 
 

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -36,6 +37,7 @@ __all__ = [
     "ensure_bundled_model",
     "installed_models",
     "is_model_dir",
+    "recently_available",
     "resolve_model",
 ]
 
@@ -93,7 +95,26 @@ def available_models(models_dir: Path) -> list[str]:
     names = set(installed_models(models_dir))
     if _bundle_present():
         names.add(BUNDLED)
-    return sorted(names)
+    listing = sorted(names)
+    _listings[models_dir] = (time.monotonic(), listing)
+    return listing
+
+
+LISTING_SECONDS = 2.0
+"""How long `recently_available` trusts the last listing of a models directory."""
+
+_listings: dict[Path, tuple[float, list[str]]] = {}
+
+
+def recently_available(models_dir: Path, name: str) -> bool:
+    """Whether `name` was in `available_models(models_dir)` within the last LISTING_SECONDS;
+    no I/O. Scanning the directory costs a stat per file of every model and, in the API, a
+    hop to a thread: on every upload that was 1.4 % of the API's time (issue 14). A name that
+    is not there says nothing (it may have been added since): list the directory again."""
+    listed = _listings.get(models_dir)
+    return (
+        listed is not None and time.monotonic() - listed[0] < LISTING_SECONDS and name in listed[1]
+    )
 
 
 def resolve_model(models_dir: Path, name: str, *, allow_download: bool = False) -> str:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from smap_stt import formats, metrics, service
 from smap_stt.api.auth import PUBLIC, PrincipalDep, auth_enabled
-from smap_stt.api.deps import BackendsDep, SettingsDep
+from smap_stt.api.deps import BackendsDep, SettingsDep, settings_and_backends
 from smap_stt.api.schemas import (
     CancelResponse,
     ErrorResponse,
@@ -178,11 +178,10 @@ UPLOAD_FORM = {
 )
 async def upload(
     request: Request,
-    settings: SettingsDep,
-    backends: BackendsDep,
     principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
+    settings, backends = settings_and_backends(request)
     async with intake(request, settings, backends, principal) as received:
         submission = await service.submit_once(
             settings, backends, received, principal=principal, idempotency_key=idempotency_key
