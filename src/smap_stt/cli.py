@@ -445,18 +445,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
-    """Keep a worker's memory flat however long the file (glibc only).
+def _tune_malloc(arenas: int = 2) -> None:
+    """Fewer malloc arenas for a worker's many threads (glibc only).
 
-    - glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
-      buffers stay spread over them (measured: a 1 hour clip peaked 133 MB above a 10 minute
-      one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2, which wins when set.
-    - glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, so after
-      the first chunk every chunk's audio, features and encoder outputs (1–8 MB each) come from
-      the heap, where freed blocks stay as fragmented free space that RSS never gives back:
-      after a 10 minute clip the heap held 300 MB free of 390 MB. A fixed 1 MB threshold keeps
-      such buffers in their own mappings, returned to the system on free (issue 14: heap
-      392 → 78 MB after the first chunk). Same as MALLOC_MMAP_THRESHOLD_, which wins when set.
+    glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
+    buffers stay spread over them (measured: a 1 hour clip peaked 133 MB above a 10 minute
+    one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2, which wins when set.
+
+    The mmap threshold is glibc's own (it climbs from 128 kB to 32 MB). Fixing it at 1 MB
+    kept a 1 hour file's peak within ~50 MB of a 10 minute one's, but CTranslate2 allocates
+    and frees its working buffers (a decoding step's logits alone are 2 MB) many times a
+    second, and a fresh mapping for each cost 30 % more CPU in page faults: the 581 s clip
+    took 40.1 s in `serve` against 25.3 s (issue 14, docs/PERFORMANCE.md). Where memory
+    matters more than speed, MALLOC_MMAP_THRESHOLD_=1048576 brings that back.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -464,8 +465,6 @@ def _tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> None:
         libc = ctypes.CDLL("libc.so.6")
         if "MALLOC_ARENA_MAX" not in os.environ:
             libc.mallopt(-8, arenas)  # -8: M_ARENA_MAX
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, mmap_threshold)  # -3: M_MMAP_THRESHOLD
 
 
 def _settings_or_exit() -> Settings:
