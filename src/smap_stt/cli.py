@@ -445,19 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_malloc(arenas: int = 2) -> None:
-    """Fewer malloc arenas for a worker's many threads (glibc only).
+def _tune_malloc(arenas: int = 2, mmap_threshold: int = 32 << 20) -> None:
+    """Keep a worker's memory in bounds without slowing its decoding (glibc only).
 
-    glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
-    buffers stay spread over them (measured: a 1 hour clip peaked 133 MB above a 10 minute
-    one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2, which wins when set.
-
-    The mmap threshold is glibc's own (it climbs from 128 kB to 32 MB). Fixing it at 1 MB
-    kept a 1 hour file's peak within ~50 MB of a 10 minute one's, but CTranslate2 allocates
-    and frees its working buffers (a decoding step's logits alone are 2 MB) many times a
-    second, and a fresh mapping for each cost 30 % more CPU in page faults: the 581 s clip
-    took 40.1 s in `serve` against 25.3 s (issue 14, docs/PERFORMANCE.md). Where memory
-    matters more than speed, MALLOC_MMAP_THRESHOLD_=1048576 brings that back.
+    - glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
+      buffers stay spread over them (measured: a 1 hour clip peaked 133 MB above a 10 minute
+      one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2, which wins when set.
+    - The mmap threshold is fixed at 32 MB, glibc's own ceiling, without its climb from
+      128 kB (issue 14, docs/PERFORMANCE.md, the 581 s and 3600 s clips in `serve`): left to
+      climb, the 1 hour file peaked 166 MB above the 10 minute one; fixed at 32 MB, 110 MB,
+      as fast. Fixed at 1 MB it was 51 MB, but CTranslate2 allocates and frees its working
+      buffers (a decoding step's logits alone are 2 MB) many times a second, and a fresh
+      mapping for each cost 30 % more CPU in page faults (40.1 s against 25.3 s for the
+      10 minute clip). Same as MALLOC_MMAP_THRESHOLD_, which wins when set: 1048576 where
+      memory matters more than speed.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -465,6 +466,8 @@ def _tune_malloc(arenas: int = 2) -> None:
         libc = ctypes.CDLL("libc.so.6")
         if "MALLOC_ARENA_MAX" not in os.environ:
             libc.mallopt(-8, arenas)  # -8: M_ARENA_MAX
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            libc.mallopt(-3, mmap_threshold)  # -3: M_MMAP_THRESHOLD
 
 
 def _settings_or_exit() -> Settings:
