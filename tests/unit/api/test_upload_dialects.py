@@ -9,42 +9,12 @@ import wave
 from pathlib import Path
 
 import pytest
-from starlette.requests import Request
 
 from smap_stt.api.upload import FLUSH_BYTES, receive_upload
 from smap_stt.errors import InvalidRequest
 
-BOUNDARY = "xyzBOUNDARYxyz"
-
-
-def _body(file_field: str, data: bytes, fields: list[tuple[str, str]]) -> bytes:
-    parts = [
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields
-    ]
-    parts.append(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{file_field}"; '
-        'filename="clip.raw"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-        + data
-        + b"\r\n"
-    )
-    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
-
-
-def _request(body: bytes, chunk: int) -> Request:
-    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-
-    async def receive() -> dict[str, object]:
-        piece = pieces.pop(0) if pieces else b""
-        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/asr",
-        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())],
-    }
-    return Request(scope, receive)
+from .multipart import multipart_body as _body
+from .multipart import streamed_request as _request
 
 
 def _read(path: Path) -> bytes:

@@ -12,29 +12,11 @@ from smap_stt.api.upload import FLUSH_BYTES, MIN_VIEW_BYTES, _FormCollector, rec
 from smap_stt.errors import AudioError
 from smap_stt.stt.audio import AudioInfo
 
-BOUNDARY = "xyzBOUNDARYxyz"
+from .multipart import multipart_body, streamed_request
 
 
 def _request(data: bytes, chunk: int) -> Request:
-    body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="audio_file"; '
-        'filename="clip.raw"\r\n\r\n'.encode()
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-
-    async def receive() -> dict[str, object]:
-        piece = pieces.pop(0) if pieces else b""
-        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/asr",
-        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())],
-    }
-    return Request(scope, receive)
+    return streamed_request(multipart_body("audio_file", data, []), chunk)
 
 
 async def test_the_check_runs_once_on_the_complete_file(tmp_path: Path) -> None:
