@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-stamp
 DEV := $(VENV)/.dev-stamp
 
-.PHONY: install install-runtime models run api worker stack test unit lint typecheck bench system-deps rabbitmq clean reset-data screenshots
+.PHONY: install install-runtime models tcmalloc run api worker stack test unit lint typecheck bench system-deps rabbitmq clean reset-data screenshots
 
 # What running the service needs (`make run`, `api`, `worker`, `stack`, `models`).
 $(RUNTIME): pyproject.toml
@@ -29,16 +29,25 @@ install: $(DEV)
 models: install-runtime
 	$(BIN)/smap-stt models install
 
-run: models
+# tcmalloc: the C allocator the decoding processes switch to when it is installed
+# (ALLOCATOR=auto): long files decode faster in flat memory (docs/PERFORMANCE.md). Best effort:
+# without apt-get or root, they use glibc's malloc and say so in their log.
+tcmalloc:
+	@$(PYTHON) -c 'import ctypes.util as u, sys; sys.exit(not u.find_library("tcmalloc_minimal"))' || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+			apt-get install -y -qq libtcmalloc-minimal4; } || \
+		echo "tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4): decoding uses glibc's malloc"
+
+run: models tcmalloc
 	$(BIN)/smap-stt serve
 
 api: models
 	$(BIN)/smap-stt api
 
-worker: models
+worker: models tcmalloc
 	$(BIN)/smap-stt worker
 
-stack: models rabbitmq
+stack: models tcmalloc rabbitmq
 	$(BIN)/python scripts/stack.py
 
 # espeak-ng makes the speech the tests transcribe; chromium is the browser the page's tests
@@ -61,14 +70,14 @@ typecheck: install
 	$(BIN)/mypy
 
 # CI=true: a test server that cannot start fails the run instead of skipping its tests.
-test: install models system-deps rabbitmq lint typecheck
+test: install models system-deps tcmalloc rabbitmq lint typecheck
 	CI=true $(BIN)/pytest
 
 # The fast layer: pure logic and in-process API tests, no server, no network, no inference.
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-bench: install models system-deps rabbitmq
+bench: install models system-deps tcmalloc rabbitmq
 	$(BIN)/python -m bench.run
 
 # docs/screenshots/*.png for the README: a fresh `serve` with a few jobs, photographed.

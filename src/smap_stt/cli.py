@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smap_stt import allocator
 from smap_stt.config import Settings
 
 if TYPE_CHECKING:
@@ -445,29 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_malloc(arenas: int = 2, mmap_threshold: int = 32 << 20) -> None:
-    """Keep a worker's memory in bounds without slowing its decoding (glibc only).
+def _log_allocator(note: str | None) -> None:
+    import logging
 
-    - glibc gives each thread its own malloc arena; with a dozen decoding threads, freed audio
-      buffers stay spread over them (measured: a 1 hour clip peaked 133 MB above a 10 minute
-      one; with 2 arenas, 83 MB). Same as MALLOC_ARENA_MAX=2, which wins when set.
-    - The mmap threshold is fixed at 32 MB, glibc's own ceiling, without its climb from
-      128 kB (issue 14, docs/PERFORMANCE.md, the 581 s and 3600 s clips in `serve`): left to
-      climb, the 1 hour file peaked 166 MB above the 10 minute one; fixed at 32 MB, 110 MB,
-      as fast. Fixed at 1 MB it was 51 MB, but CTranslate2 allocates and frees its working
-      buffers (a decoding step's logits alone are 2 MB) many times a second, and a fresh
-      mapping for each cost 30 % more CPU in page faults (40.1 s against 25.3 s for the
-      10 minute clip). Same as MALLOC_MMAP_THRESHOLD_, which wins when set: 1048576 where
-      memory matters more than speed.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        if "MALLOC_ARENA_MAX" not in os.environ:
-            libc.mallopt(-8, arenas)  # -8: M_ARENA_MAX
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, mmap_threshold)  # -3: M_MMAP_THRESHOLD
+    log = logging.getLogger("smap_stt.allocator")
+    if note:
+        log.warning(note)
+    else:
+        log.info("Memory allocator: %s", allocator.in_use())
 
 
 def _settings_or_exit() -> Settings:
@@ -494,9 +479,12 @@ def main(argv: list[str] | None = None) -> None:
         from smap_stt import client
 
         sys.exit(client.run(args))
-    _tune_malloc()
     settings = _settings_or_exit()
     try:
+        # Before anything is allocated; may start this process again on tcmalloc. Only a
+        # process of its own (`argv` None): an in-process call must never be replaced.
+        decodes = argv is None and args.command in ("serve", "worker", "transcribe")
+        allocator_note = allocator.choose(settings.allocator if decodes else "glibc")
         # The one-shot commands print their results on stdout (`transcribe --json` is piped),
         # so their logs go to stderr.
         setup_logging(
@@ -505,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.command in ("transcribe", "models", "queue", "webhooks", "cleanup", "keys")
             else sys.stdout,
         )
+        if decodes:
+            _log_allocator(allocator_note)
         args.run(settings, args)
     except ConfigurationError as exc:
         print(f"smap-stt: {exc}", file=sys.stderr)

@@ -270,6 +270,12 @@ class Settings(BaseSettings):
     whisper_allow_download: bool = Field(
         False, description="Let faster-whisper fetch unknown model names from the hub."
     )
+    allocator: Literal["auto", "tcmalloc", "glibc"] = Field(
+        "auto",
+        description="C allocator of the processes that decode (`serve`, `worker`, "
+        "`transcribe`): tcmalloc decodes long files faster in flat memory (docs/PERFORMANCE.md); "
+        "auto uses it when installed (Debian: libtcmalloc-minimal4) and glibc's otherwise.",
+    )
     # --- outputs (issue 9)
     whisper_model_aliases: str = Field(
         "",
