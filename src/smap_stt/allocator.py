@@ -4,9 +4,10 @@ CTranslate2 allocates and frees working buffers of a few MB many times a second 
 decodes. glibc's malloc either keeps them in a heap that fragments, so a worker's peak memory
 grows with the length of the file, or (with a low mmap threshold) maps and faults each one
 afresh, which costs ~30 % more CPU. tcmalloc's page heap reuses them without either cost
-(issue 14, docs/PERFORMANCE.md: the 581 s clip in 24 s instead of 28–31 s, and a 1 hour file
-peaking 37 MB above a 10 minute one instead of 120 MB). An allocator can only be chosen when a
-process starts, so the process starts itself again, once, with tcmalloc preloaded.
+(issue 14, docs/PERFORMANCE.md, `serve` on the same machine: a 10 minute clip in 21–24 s
+instead of 26–32 s, and a 1 hour file peaking 2–42 MB above it in three runs of four, against
+118–195 MB on glibc). An allocator can only be chosen when a process starts, so the process
+starts itself again, once, with tcmalloc preloaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _NAMES = ("tcmalloc_minimal", "tcmalloc")
 _MARK = "SMAP_STT_ALLOCATOR_CHOSEN"
 INSTALL_HINT = (
     "install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: "
-    "gperftools-libs; macOS needs none) or set ALLOCATOR=glibc"
+    "gperftools-libs) or set ALLOCATOR=glibc"
 )
 
 
