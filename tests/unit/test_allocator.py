@@ -16,10 +16,6 @@ def no_tcmalloc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SMAP_STT_ALLOCATOR_CHOSEN", raising=False)
 
 
-def test_this_test_process_runs_on_glibc() -> None:
-    assert allocator.in_use() == "glibc"
-
-
 @pytest.mark.usefixtures("no_tcmalloc")
 def test_asking_for_a_missing_tcmalloc_says_how_to_install_it() -> None:
     with pytest.raises(ConfigurationError, match="apt-get install libtcmalloc-minimal4"):

@@ -58,6 +58,22 @@ _FIELDS = tuple(field.name for field in fields(Job))
 _BOOL_COLUMNS = frozenset(name for name, hint in _HINTS.items() if hint is bool)
 
 
+def _filters(
+    statuses: Collection[JobStatus] | None, owner: str | None
+) -> tuple[list[str], list[object]]:
+    """The WHERE terms, and their parameters, that every listing and count of jobs shares;
+    callers append their own."""
+    where: list[str] = ["1"]
+    params: list[object] = []
+    if statuses is not None:
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params += [_to_sql(status) for status in statuses]
+    if owner is not None:
+        where.append("owner = ?")
+        params.append(owner)
+    return where, params
+
+
 def _to_sql(value: object) -> object:
     """Datetimes as fixed-width UTC ISO text, so that text order is time order."""
     if isinstance(value, datetime):
@@ -187,20 +203,13 @@ class SqliteJobStore(JobStore):
     ) -> list[Job]:
         if limit <= 0:
             return []
-        where: list[str] = ["1"]
-        params: list[object] = []
-        if statuses is not None:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params += [_to_sql(status) for status in statuses]
+        where, params = _filters(statuses, owner)
         if published is not None:
             where.append("published = ?")
             params.append(int(published))
         if updated_before is not None:
             where.append("updated_at < ?")
             params.append(_to_sql(updated_before))
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
         order = "DESC" if newest_first else "ASC"
         sql = (
             f"SELECT * FROM jobs WHERE {' AND '.join(where)} "
@@ -253,17 +262,10 @@ class SqliteJobStore(JobStore):
         ahead_of: Job | None = None,
         owner: str | None = None,
     ) -> tuple[int, float]:
-        where: list[str] = ["1"]
-        params: list[object] = []
-        if statuses is not None:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params += [_to_sql(status) for status in statuses]
+        where, params = _filters(statuses, owner)
         if ahead_of is not None:
             where.append("(priority > ? OR (priority = ? AND created_at < ?))")
             params += [ahead_of.priority, ahead_of.priority, _to_sql(ahead_of.created_at)]
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
         sql = (
             "SELECT COUNT(*), TOTAL(COALESCE(duration_seconds, 0) * (100 - progress) / 100.0) "
             f"FROM jobs WHERE {' AND '.join(where)}"
@@ -279,14 +281,7 @@ class SqliteJobStore(JobStore):
         # COUNT(*) alone is answered from the (status, ...) and (owner, status) indexes; the
         # audio seconds `_count` adds up read every row counted. Every upload counts the
         # waiting jobs (MAX_PENDING_JOBS), so that grew with the queue (issue 14).
-        where: list[str] = ["1"]
-        params: list[object] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(_to_sql(status))
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
+        where, params = _filters(None if status is None else [status], owner)
         sql = f"SELECT COUNT(*) FROM jobs WHERE {' AND '.join(where)}"
 
         def count(conn: sqlite3.Connection) -> int:
