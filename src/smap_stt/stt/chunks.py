@@ -1,9 +1,15 @@
 """Cutting long audio into checkpointable chunks, at pauses, the same way every time.
 
 A job that crashed resumes from its last finished chunk, so the cut points must not depend on
-anything but the audio: we cut at the quietest quarter second near each target length, found
-from the decoded samples alone. Chunks an earlier attempt finished keep the bounds it stored,
-even if the chunk length setting has changed since.
+anything but the audio: we cut between two of the speech windows (`windows.speech_windows`)
+near each target length, or, without VAD or where no window ends near it, at the quietest
+quarter second there, found from the decoded samples alone. Chunks an earlier attempt
+finished keep the bounds it stored, even if the chunk length setting has changed since.
+
+Why between windows: each window costs a full encoder pass whatever it holds, so a chunk cut
+at a pause of its own ends in a part-filled window, one per chunk. On the 581 s test recording
+the whole file packs into 21 windows; cut at quiet points into 120 s chunks it took 22, into
+the 60 s chunks a file split across workers uses, 24 (issue 14).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from smap_stt.stt.audio import SAMPLE_RATE, decode_pieces
+from smap_stt.stt.windows import Window, speech_windows
 
 __all__ = ["ChunkAudio", "find_cut", "iter_chunks"]
 
@@ -30,6 +37,8 @@ class ChunkAudio:
     index: int
     start: int
     audio: np.ndarray
+    windows: list[Window] | None = None
+    """Its speech windows when the cut was made between windows (they need no second VAD)."""
 
     @property
     def end(self) -> int:
@@ -50,8 +59,11 @@ def iter_chunks(
     chunk_seconds: float,
     fixed_ends: Mapping[int, float] | None = None,
     max_seconds: float | None = None,
+    speech: bool = False,
 ) -> Iterator[ChunkAudio]:
-    """The chunks of `path`, in order, each about `chunk_seconds` long and cut at a pause.
+    """The chunks of `path`, in order, each about `chunk_seconds` long and cut at a pause:
+    with `speech` (the job uses VAD), between two speech windows where one ends near the
+    target, and the chunk carries its windows.
 
     `fixed_ends` maps a chunk index to the end (seconds from the file start) an earlier attempt
     used for it; that chunk is cut there instead of searching again. Only one chunk plus one
@@ -69,15 +81,20 @@ def iter_chunks(
     for piece in pieces:
         buffer = np.concatenate((buffer, piece)) if len(buffer) else piece
         while True:
+            windows: list[Window] | None = None
             if index in fixed and fixed[index] > start:
                 cut = fixed[index] - start
                 if len(buffer) < cut:
                     break
             elif len(buffer) >= target + slack:
-                cut = find_cut(buffer, target=target, slack=slack)
+                found = speech_cut(buffer, target=target, slack=slack) if speech else None
+                if found is not None:
+                    cut, windows = found
+                else:
+                    cut = find_cut(buffer, target=target, slack=slack)
             else:
                 break
-            yield ChunkAudio(index=index, start=start, audio=buffer[:cut])
+            yield ChunkAudio(index=index, start=start, audio=buffer[:cut], windows=windows)
             buffer = buffer[cut:]
             start += cut
             index += 1
@@ -90,6 +107,24 @@ def iter_chunks(
         buffer = buffer[cut:]
         start += cut
         index += 1
+
+
+def speech_cut(audio: np.ndarray, *, target: int, slack: int) -> tuple[int, list[Window]] | None:
+    """The cut in `[target - slack, target + slack]` between two speech windows of `audio`
+    nearest `target` (in the middle of the pause between them), and the windows before it;
+    None when no window ends there (long silence, or one long region). `audio` must reach
+    `target + slack`: the windows are those of that much audio, so the cut is a pure function
+    of the samples."""
+    windows = speech_windows(audio[: target + slack])
+    best: int | None = None
+    count = 0
+    for k in range(1, len(windows)):
+        cut = (windows[k - 1].regions[-1][1] + windows[k].regions[0][0]) // 2
+        if target - slack <= cut <= target + slack and (
+            best is None or abs(cut - target) < abs(best - target)
+        ):
+            best, count = cut, k
+    return None if best is None else (best, windows[:count])
 
 
 def find_cut(audio: np.ndarray, *, target: int, slack: int) -> int:

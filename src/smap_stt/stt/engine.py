@@ -205,6 +205,7 @@ class Engine:
                 chunk_seconds=self._options.chunk_seconds,
                 fixed_ends={index: chunk.end for index, chunk in done.items()},
                 max_seconds=self._options.max_audio_seconds,  # issue 12
+                speech=options.vad_filter,
             ):
                 finished = done.get(audio.index)
                 if finished is not None:
@@ -337,6 +338,8 @@ class Engine:
 
     def _windows(self, job: _Job, audio: ChunkAudio) -> list[Window]:
         seconds = job.options.window_seconds
+        if job.vad_filter and audio.windows is not None:  # found where the chunk was cut
+            return audio.windows
         if job.vad_filter:
             return speech_windows(audio.audio, seconds=seconds)
         return fixed_windows(audio.audio, seconds=seconds)

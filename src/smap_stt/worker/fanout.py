@@ -118,6 +118,7 @@ async def transcribe_across_workers(
         chunk_seconds=settings.fanout_chunk_seconds,
         fixed_ends={index: chunk.end for index, chunk in finished.items()},
         max_seconds=settings.max_audio_duration_seconds,
+        speech=job.vad_filter,
     )
     spans: dict[int, tuple[float, float]] = {}
     published = 0
