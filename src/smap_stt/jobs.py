@@ -214,6 +214,9 @@ class ChunkMessage:
     end: int
     language: str
     audio_key: str
+    windows: tuple[tuple[tuple[int, int], ...], ...] = ()
+    """The chunk's speech windows as found where it was cut, each its [start, end) sample
+    ranges of the chunk, so the worker that takes it need not run VAD again; empty: it does."""
 
 
 def chunk_audio_prefix(job_id: str) -> str:

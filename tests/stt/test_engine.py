@@ -6,14 +6,18 @@ import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
 from smap_stt.errors import AudioError, JobCancelled, ModelNotFound
+from smap_stt.stt.audio import decode_audio
+from smap_stt.stt.chunks import ChunkAudio
 from smap_stt.stt.engine import Engine, EngineOptions
 from smap_stt.stt.results import ChunkTranscript, Transcript
+from smap_stt.stt.windows import Window, speech_windows
 from tests.procs import cpu_after
 from tests.speech import cached_silence, long_speech, wer
 from tests.stt.conftest import Clip, make_settings
@@ -231,3 +235,24 @@ def test_a_cancel_leaves_no_decoding_behind(engine: Engine) -> None:
     wall, cpu = cpu_after(process)
     print(f"after the cancel: {cpu:.2f} CPU seconds, idle after {wall:.2f} s")
     assert cpu <= 6.0  # one batch per decoding thread at most (before: ~40)
+
+
+def test_a_chunk_is_decoded_in_the_windows_it_carries(engine: Engine, speech_75s: Clip) -> None:
+    """A chunk cut between windows (or taken from the queue with them) is not searched for
+    speech again: only the windows it carries are decoded. Here it carries the first of its
+    windows only, so only the words of that window come back."""
+    audio = decode_audio(speech_75s.path)
+    windows = speech_windows(audio)
+    assert len(windows) >= 2
+    chunk = ChunkAudio(index=0, start=0, audio=audio)
+
+    def text(carried: list[Window] | None) -> tuple[str, float]:
+        got = engine.transcribe_chunk(replace(chunk, windows=carried), model="base", language="en")
+        return " ".join(s.text for s in got.segments), max((s.end for s in got.segments), default=0)
+
+    whole, whole_end = text(None)
+    first, first_end = text(windows[:1])
+    assert wer(speech_75s.text, whole) < 0.15
+    assert first and whole.startswith(first[:40]) and len(first) < 0.7 * len(whole)
+    assert first_end <= windows[0].end + 0.5 < whole_end
+    assert text([]) == ("", 0)

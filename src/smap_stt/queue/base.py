@@ -61,8 +61,39 @@ def decode_chunk_message(body: bytes) -> ChunkMessage:
     if not isinstance(language, str) or not isinstance(audio_key, str) or not audio_key:
         raise ValueError("chunk message has no valid language and audio_key")
     return ChunkMessage(
-        job_id=job_id, index=index, start=start, end=end, language=language, audio_key=audio_key
+        job_id=job_id,
+        index=index,
+        start=start,
+        end=end,
+        language=language,
+        audio_key=audio_key,
+        windows=_windows(data.get("windows", []), end - start),
     )
+
+
+def _windows(value: object, samples: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """A chunk message's windows: lists of ascending, non-empty [start, end) sample ranges
+    within the chunk's `samples`, in order."""
+    if not isinstance(value, list):
+        raise ValueError("chunk message has invalid windows")
+    windows = []
+    previous = 0
+    for regions in value:
+        if not isinstance(regions, list) or not regions:
+            raise ValueError("chunk message has an empty or invalid window")
+        window = []
+        for pair in regions:
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
+                and previous <= pair[0] < pair[1] <= samples
+            ):
+                raise ValueError("chunk message has a window outside its chunk")
+            previous = pair[1]
+            window.append((pair[0], pair[1]))
+        windows.append(tuple(window))
+    return tuple(windows)
 
 
 def is_chunk_message(body: bytes) -> bool:

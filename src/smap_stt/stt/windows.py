@@ -120,6 +120,13 @@ class Window:
     audio: np.ndarray
     retries: int = 0
 
+    @classmethod
+    def of(cls, audio: np.ndarray, regions: Sequence[tuple[int, int]]) -> Window:
+        """The window of `regions` of the chunk `audio`."""
+        pieces = [audio[start:end] for start, end in regions]
+        samples = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        return cls(regions=list(regions), audio=samples)
+
     @property
     def seconds(self) -> float:
         return len(self.audio) / SAMPLE_RATE
@@ -194,7 +201,7 @@ def speech_windows(audio: np.ndarray, *, seconds: float = 30.0) -> list[Window]:
     )
     speech = [(int(r["start"]), int(r["end"])) for r in get_speech_timestamps(audio, vad)]
     regions, pauses = _padded(speech, pad, len(audio))
-    return [_window(audio, regions[first:cut]) for first, cut in _pack(regions, pauses, limit)]
+    return [Window.of(audio, regions[first:cut]) for first, cut in _pack(regions, pauses, limit)]
 
 
 def _pack(regions: list[tuple[int, int]], pauses: list[int], limit: int) -> list[tuple[int, int]]:
@@ -306,11 +313,6 @@ class _Outcome:
     words: list[_Word]
     avg_logprob: float
     no_speech_prob: float
-
-
-def _window(audio: np.ndarray, regions: list[tuple[int, int]]) -> Window:
-    pieces = [audio[start:end] for start, end in regions]
-    return Window(regions=regions, audio=np.concatenate(pieces) if len(pieces) > 1 else pieces[0])
 
 
 def _features(whisper: WhisperModel, windows: Sequence[Window]) -> np.ndarray:

@@ -44,6 +44,7 @@ from smap_stt.stt import bucket_models
 from smap_stt.stt.audio import SAMPLE_RATE, probe
 from smap_stt.stt.chunks import ChunkAudio, iter_chunks
 from smap_stt.stt.results import ChunkTranscript, TranscribeOptions, Transcript
+from smap_stt.stt.windows import Window
 
 if TYPE_CHECKING:
     from smap_stt.worker.process import WorkerContext
@@ -174,6 +175,7 @@ async def _publish(ctx: WorkerContext, job: Job, piece: ChunkAudio, language: st
         end=piece.end,
         language=language,
         audio_key=key,
+        windows=tuple(tuple(window.regions) for window in piece.windows or ()),
     )
     await ctx.backends.queue.publish_chunk(
         encode_chunk_message(message), priority=job.priority, message_id=f"{job.id}:{piece.index}"
@@ -237,7 +239,13 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
         log.warning("dropped %s: its audio is gone (the job ended meanwhile?)", where)
         metrics.CHUNKS.labels(outcome="dropped").inc()
         return
-    piece = ChunkAudio(index=message.index, start=message.start, audio=_wav_samples(data))
+    samples = _wav_samples(data)
+    piece = ChunkAudio(
+        index=message.index,
+        start=message.start,
+        audio=samples,
+        windows=[Window.of(samples, regions) for regions in message.windows] or None,
+    )
     await bucket_models.ensure_local(
         blobs,
         ctx.settings.whisper_models_dir,
