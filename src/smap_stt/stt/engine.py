@@ -321,7 +321,9 @@ class Engine:
         one_chunk = job.progress.duration < self._options.chunk_seconds
         if solo is not None and one_chunk and len(windows) < self._workers and self._calls == 1:
             whisper, groups = solo, 1  # alone with few windows: all cores on them
-        size = -(-len(windows) // groups) if groups else 0
+        # Groups of at most one batch, queued for whichever decoder is free first: a chunk of
+        # 5 windows is 2 + 2 + 1, not 3 + 2 (the same memory bound for every chunk).
+        size = min(-(-len(windows) // groups), job.options.batch_size) if groups else 0
         futures = [
             self._pool.submit(
                 decode_windows,
