@@ -51,6 +51,10 @@ _HEARTBEAT = 0.5
 _FIRST_GUESS_RTF = 0.05
 # Chunks decoded or queued at once per call.
 _AHEAD = 2
+# Windows in beam-search batches at once across a worker's decoders (each holds ~48 MB while
+# it decodes, base, beam 5): 2 decoders take batches of 2, a lone decoder batches of up to 4
+# (batches of 1 would cost it ~8 %), so the peak is the same whatever a chunk holds.
+_WINDOWS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Engine:
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._beam_size = options.beam_size
+        self._batch = max(2, _WINDOWS_IN_FLIGHT // self._workers)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whisper")
 
     def load(self, model: str) -> WhisperModel:
@@ -298,6 +303,7 @@ class Engine:
             progress=_Progress(duration, on_progress),
             options=DecodeOptions(
                 beam_size=options.beam_size or self._beam_size,
+                batch_size=self._batch,
                 task=options.task,
                 initial_prompt=options.initial_prompt,
                 hotwords=options.hotwords,
@@ -321,19 +327,16 @@ class Engine:
         one_chunk = job.progress.duration < self._options.chunk_seconds
         if solo is not None and one_chunk and len(windows) < self._workers and self._calls == 1:
             whisper, groups = solo, 1  # alone with few windows: all cores on them
-        # Groups of at most one batch, queued for whichever decoder is free first: a chunk of
-        # 5 windows is 2 + 2 + 1, not 3 + 2 (the same memory bound for every chunk).
-        size = min(-(-len(windows) // groups), job.options.batch_size) if groups else 0
         futures = [
             self._pool.submit(
                 decode_windows,
                 whisper,
-                windows[first : first + size],
+                windows[first:last],
                 language=job.language or "en",
                 options=job.options,
                 stop=job.stop,
             )
-            for first in range(0, len(windows), size or 1)
+            for first, last in split_windows(len(windows), groups, job.options.batch_size)
         ]
         job.progress.report(audio.start_seconds)  # a sign of life between heartbeats
         return _PendingChunk(audio=audio, futures=futures, started=time.monotonic())
@@ -472,6 +475,18 @@ class _ChunkCounter:
             self._expected = max(self._expected, self._finished + 1)
         if self._report is not None:
             self._report(self._finished, self._expected)
+
+
+def split_windows(count: int, groups: int, batch: int) -> list[tuple[int, int]]:
+    """[first, last) ranges of `count` windows: at least `groups` of them (one per decoder),
+    none longer than `batch`, as even as may be, in order. They are queued for whichever
+    decoder is free first: with 2 decoders and batches of 2, 5 windows are 2 + 2 + 1, not
+    3 + 2 (a batch's memory grows with each window in it)."""
+    if count <= 0:
+        return []
+    groups = max(1, min(groups, count), -(-count // batch))
+    size = -(-count // groups)
+    return [(first, min(first + size, count)) for first in range(0, count, size)]
 
 
 def _finished_prefix(done_chunks: Sequence[ChunkTranscript]) -> float:

@@ -98,8 +98,8 @@ class DecodeOptions:
     """Most windows decoded together in one CTranslate2 call. Each window in a beam-search
     batch holds ~48 MB while it decodes (base, beam 5: measured 48, 96, 144, 191 MB for 1 to
     4), about what encoding one costs (~90 MB), while batches larger than 2 are hardly
-    faster per window (~2 %). Larger batches made a worker's peak depend on how many windows
-    one chunk happened to hold, so an hour-long file peaked higher than a 10-minute one."""
+    faster per window (~2 %). Unbounded, the peak followed how many windows one chunk
+    happened to hold (`WHISPER_CHUNK_SECONDS=600`: ~1.5 GB). The engine sets it per worker."""
     window_seconds: float = 30.0
     """Most speech packed into one window (Whisper's input is 30 s)."""
     task: str = "transcribe"
