@@ -240,11 +240,14 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
         metrics.CHUNKS.labels(outcome="dropped").inc()
         return
     samples = _wav_samples(data)
+    # The windows found where the chunk was cut, unless its stored audio is not what they
+    # were found in (then the engine looks for the speech itself).
+    fits = message.windows and message.windows[-1][-1][1] <= len(samples)
     piece = ChunkAudio(
         index=message.index,
         start=message.start,
         audio=samples,
-        windows=[Window.of(samples, regions) for regions in message.windows] or None,
+        windows=[Window.of(samples, regions) for regions in message.windows] if fits else None,
     )
     await bucket_models.ensure_local(
         blobs,
