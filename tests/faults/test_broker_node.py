@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import Clip
 from tests.procs import ServiceFactory, completions, upload, wait_final, wait_running
 from tests.rabbit_node import RabbitNode
+from tests.speech import long_speech
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,6 +33,14 @@ def test_broker_restart_with_50_jobs(
     assert all(done[job] == 1 for job in jobs), done
 
 
+@pytest.fixture(scope="module")
+def ten_minutes() -> Clip:
+    """~10 minutes of speech: a job that holds its message for several seconds however fast
+    the CPU (the 75 s clip took ~2 s on an AVX-512 machine, under the timeout below)."""
+    text, path = long_speech()
+    return Clip(path, text)
+
+
 @pytest.fixture
 def short_consumer_timeout(rabbit_node: RabbitNode) -> Iterator[RabbitNode]:
     """A 3 s consumer timeout, checked every second, on the test node only (channels opened
@@ -50,7 +59,7 @@ def _timeouts(node: RabbitNode) -> int:
 
 
 def test_long_job_survives_the_consumer_timeout(
-    service: ServiceFactory, long_clip: Clip, short_consumer_timeout: RabbitNode
+    service: ServiceFactory, ten_minutes: Clip, short_consumer_timeout: RabbitNode
 ) -> None:
     node = short_consumer_timeout
     before = _timeouts(node)
@@ -58,7 +67,7 @@ def test_long_job_survives_the_consumer_timeout(
     svc.start("api")
     worker = svc.start("worker")
     with svc.client() as client:
-        job_id = upload(client, long_clip.path, language="en")
+        job_id = upload(client, ten_minutes.path, language="en")
         status = wait_final(client, job_id, timeout=300)
     assert status["status"] == "COMPLETED", status
     assert status["attempts"] == 1
@@ -67,7 +76,7 @@ def test_long_job_survives_the_consumer_timeout(
 
 
 def test_without_the_early_ack_the_consumer_timeout_takes_the_channel(
-    service: ServiceFactory, long_clip: Clip, short_consumer_timeout: RabbitNode
+    service: ServiceFactory, ten_minutes: Clip, short_consumer_timeout: RabbitNode
 ) -> None:
     """The control case: the test above proves something only if, with the same broker and
     job, a worker that holds its message unacked really loses its channel."""
@@ -77,7 +86,7 @@ def test_without_the_early_ack_the_consumer_timeout_takes_the_channel(
     svc.start("api")
     worker = svc.start("worker")
     with svc.client() as client:
-        job_id = upload(client, long_clip.path, language="en")
+        job_id = upload(client, ten_minutes.path, language="en")
         wait_running(client, job_id, above=0, timeout=120)
         deadline = time.monotonic() + 60  # 3 s timeout + a 1 s tick: well within a minute
         while _timeouts(node) == before and time.monotonic() < deadline:

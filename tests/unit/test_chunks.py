@@ -30,6 +30,8 @@ def test_find_cut_prefers_the_quietest_spot() -> None:
         (5, 1, 4, [(0, 3), (3, 5)]),  # one decoder: even batches of up to 4
         (4, 1, 4, [(0, 4)]),
         (7, 4, 2, [(0, 2), (2, 4), (4, 6), (6, 7)]),
+        (5, 4, 2, [(0, 2), (2, 3), (3, 4), (4, 5)]),  # every decoder gets work
+        (3, 1, 4, [(0, 3)]),
     ],
 )
 def test_a_chunks_windows_are_split_into_even_batches_for_the_decoders(

@@ -67,20 +67,22 @@ def decode_chunk_message(body: bytes) -> ChunkMessage:
         end=end,
         language=language,
         audio_key=audio_key,
-        windows=_windows(data.get("windows", []), end - start),
+        windows=_windows(data.get("windows"), end - start),
     )
 
 
 def _windows(value: object, samples: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     """A chunk message's windows: lists of ascending, non-empty [start, end) sample ranges
-    within the chunk's `samples`, in order."""
-    if not isinstance(value, list):
-        raise ValueError("chunk message has invalid windows")
+    within the chunk's `samples`, each at most Whisper's 30 s, in order. They only spare the
+    worker a VAD pass, so anything else is no windows (the worker finds them), not a
+    malformed message that would fail the job."""
+    if not isinstance(value, list) or len(value) > samples // _MIN_WINDOW + 1:
+        return ()
     windows = []
     previous = 0
     for regions in value:
-        if not isinstance(regions, list) or not regions:
-            raise ValueError("chunk message has an empty or invalid window")
+        if not isinstance(regions, list) or not regions or len(regions) > _MAX_REGIONS:
+            return ()
         window = []
         for pair in regions:
             if not (
@@ -89,11 +91,18 @@ def _windows(value: object, samples: int) -> tuple[tuple[tuple[int, int], ...], 
                 and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
                 and previous <= pair[0] < pair[1] <= samples
             ):
-                raise ValueError("chunk message has a window outside its chunk")
+                return ()
             previous = pair[1]
             window.append((pair[0], pair[1]))
+        if sum(end - start for start, end in window) > _MAX_WINDOW:
+            return ()
         windows.append(tuple(window))
     return tuple(windows)
+
+
+_MAX_WINDOW = 30 * 16000 + 8000  # samples: one Whisper input (30 s at 16 kHz), and a margin
+_MIN_WINDOW = 160  # samples: no window is shorter than 10 ms
+_MAX_REGIONS = 1000
 
 
 def is_chunk_message(body: bytes) -> bool:

@@ -51,10 +51,10 @@ _HEARTBEAT = 0.5
 _FIRST_GUESS_RTF = 0.05
 # Chunks decoded or queued at once per call.
 _AHEAD = 2
-# Windows in beam-search batches at once across a worker's decoders (each holds ~48 MB while
-# it decodes, base, beam 5): 2 decoders take batches of 2, a lone decoder batches of up to 4
-# (batches of 1 would cost it ~8 %), so the peak is the same whatever a chunk holds.
-_WINDOWS_IN_FLIGHT = 4
+# Windows per beam-search batch (each holds ~48 MB while it decodes, base, beam 5): 2 per
+# decoder, so a worker's peak no longer follows how many windows a chunk holds; a lone
+# decoder takes up to 4 (batches of 1 and 2 would cost it ~8 %), as much as two decoders.
+_LONE_DECODER_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Engine:
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._beam_size = options.beam_size
-        self._batch = max(2, _WINDOWS_IN_FLIGHT // self._workers)
+        self._batch = _LONE_DECODER_BATCH if self._workers == 1 else 2
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whisper")
 
     def load(self, model: str) -> WhisperModel:
@@ -478,15 +478,21 @@ class _ChunkCounter:
 
 
 def split_windows(count: int, groups: int, batch: int) -> list[tuple[int, int]]:
-    """[first, last) ranges of `count` windows: at least `groups` of them (one per decoder),
-    none longer than `batch`, as even as may be, in order. They are queued for whichever
-    decoder is free first: with 2 decoders and batches of 2, 5 windows are 2 + 2 + 1, not
-    3 + 2 (a batch's memory grows with each window in it)."""
+    """[first, last) ranges of `count` windows, in order: `groups` of them (one per decoder;
+    fewer if there are fewer windows), more if needed so that none is longer than `batch`,
+    their lengths at most one apart. They are queued for whichever decoder is free first:
+    with 2 decoders and batches of 2, 5 windows are 2 + 2 + 1, not 3 + 2 (a batch's memory
+    grows with each window in it)."""
     if count <= 0:
         return []
-    groups = max(1, min(groups, count), -(-count // batch))
-    size = -(-count // groups)
-    return [(first, min(first + size, count)) for first in range(0, count, size)]
+    groups = max(1, min(groups, count), -(-count // max(1, batch)))
+    size, longer = divmod(count, groups)
+    ranges, first = [], 0
+    for group in range(groups):
+        last = first + size + (group < longer)
+        ranges.append((first, last))
+        first = last
+    return ranges
 
 
 def _finished_prefix(done_chunks: Sequence[ChunkTranscript]) -> float:

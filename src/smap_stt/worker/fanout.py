@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.25  # seconds between the coordinator's looks at the chunks checkpointed so far
 WATCH = 1.0  # seconds between a chunk's looks at its job (cancelled? deleted?)
+_SAME = 1e-4  # seconds: chunk bounds closer than this (under 2 samples) are the same
 
 
 class Control(Protocol):
@@ -114,13 +115,23 @@ async def transcribe_across_workers(
     for chunk in done:  # a resumed job keeps the language its first attempt detected
         if language is None and chunk.segments and chunk.language:
             language, probability = chunk.language, chunk.language_probability
-    pieces = iter_chunks(
-        audio,
-        chunk_seconds=settings.fanout_chunk_seconds,
-        fixed_ends={index: chunk.end for index, chunk in finished.items()},
-        max_seconds=settings.max_audio_duration_seconds,
-        speech=job.vad_filter,
-    )
+    # Both ends of every finished chunk are kept: with chunks finishing out of order, a chunk
+    # after an unfinished one would otherwise start where the new cut does not end.
+    fixed = {index: chunk.end for index, chunk in finished.items()}
+    for index, chunk in finished.items():
+        if index > 0 and index - 1 not in finished:
+            fixed[index - 1] = chunk.start
+
+    def cut() -> Iterator[ChunkAudio]:
+        return iter_chunks(
+            audio,
+            chunk_seconds=settings.fanout_chunk_seconds,
+            fixed_ends=fixed,
+            max_seconds=settings.max_audio_duration_seconds,
+            speech=job.vad_filter,
+        )
+
+    pieces = cut()
     spans: dict[int, tuple[float, float]] = {}
     published = 0
     # Decoding on a thread, one chunk at a time (only one chunk's samples in memory); each
@@ -150,6 +161,9 @@ async def transcribe_across_workers(
         for data in await ctx.backends.store.load_chunks(job.id)
         if data["index"] in spans
     ]
+    stale = stale_chunks(chunks, spans)
+    if stale:
+        chunks = await _transcribe_again(ctx, job, control, cut(), chunks, stale, language)
     if language is None:  # no speech anywhere
         language = next((chunk.language for chunk in chunks if chunk.language), None)
     return Transcript.from_chunks(
@@ -158,6 +172,51 @@ async def transcribe_across_workers(
         language_probability=probability if job.language == "auto" else None,
         duration=duration,
     )
+
+
+def stale_chunks(chunks: list[ChunkTranscript], spans: dict[int, tuple[float, float]]) -> set[int]:
+    """Indices of checkpointed chunks whose bounds are not this plan's: transcribed from a
+    message of an earlier attempt that cut the file elsewhere (another release, other
+    settings, or VAD numbers that differ between machines)."""
+    return {
+        chunk.index
+        for chunk in chunks
+        if abs(chunk.start - spans[chunk.index][0]) > _SAME
+        or abs(chunk.end - spans[chunk.index][1]) > _SAME
+    }
+
+
+async def _transcribe_again(
+    ctx: WorkerContext,
+    job: Job,
+    control: Control,
+    pieces: Iterator[ChunkAudio],
+    chunks: list[ChunkTranscript],
+    stale: set[int],
+    language: str | None,
+) -> list[ChunkTranscript]:
+    """The `stale` chunks transcribed here, from `pieces` (the file cut again the same way),
+    and checkpointed over the stale ones; returns `chunks` with them replaced. Rare (a
+    coordinator that died while its chunks were queued), so the coordinator does it alone."""
+    log.warning(
+        "chunks %s were transcribed for other cut points (an earlier attempt's messages); "
+        "transcribing them again",
+        ", ".join(str(index) for index in sorted(stale)),
+    )
+    redone: dict[int, ChunkTranscript] = {}
+    while (piece := await asyncio.to_thread(_next, pieces)) is not None:
+        if piece.index not in stale:
+            continue
+        control.check()
+        redone[piece.index] = chunk = await asyncio.to_thread(
+            ctx.engine.transcribe_chunk,
+            piece,
+            model=job.model,
+            language=language or "en",
+            options=job_options(job),
+        )
+        await ctx.backends.store.save_chunk(job.id, chunk.index, chunk.to_dict())
+    return [redone.get(chunk.index, chunk) for chunk in chunks]
 
 
 def _next(pieces: Iterator[ChunkAudio]) -> ChunkAudio | None:
@@ -240,9 +299,10 @@ async def run_chunk(ctx: WorkerContext, message: ChunkMessage) -> None:
         metrics.CHUNKS.labels(outcome="dropped").inc()
         return
     samples = _wav_samples(data)
-    # The windows found where the chunk was cut, unless its stored audio is not what they
-    # were found in (then the engine looks for the speech itself).
-    fits = message.windows and message.windows[-1][-1][1] <= len(samples)
+    # The windows found where the chunk was cut, unless the audio stored under its key is not
+    # the audio they were found in (a later attempt stored its own cut there): then the
+    # engine looks for the speech itself.
+    fits = message.windows and len(samples) == message.end - message.start
     piece = ChunkAudio(
         index=message.index,
         start=message.start,
