@@ -55,6 +55,10 @@ stack: models tcmalloc rabbitmq
 system-deps:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@# tcmalloc: required here (tests/e2e/test_cli.py checks the decoding commands run on it);
+	@# `make run` only tries (the `tcmalloc` target below).
+	@$(PYTHON) -c 'import ctypes.util as u, sys; sys.exit(not u.find_library("tcmalloc_minimal"))' || \
+		{ apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; }
 	@# promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yml.
 	@test -x /usr/bin/promtool || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
@@ -70,14 +74,14 @@ typecheck: install
 	$(BIN)/mypy
 
 # CI=true: a test server that cannot start fails the run instead of skipping its tests.
-test: install models system-deps tcmalloc rabbitmq lint typecheck
+test: install models system-deps rabbitmq lint typecheck
 	CI=true $(BIN)/pytest
 
 # The fast layer: pure logic and in-process API tests, no server, no network, no inference.
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-bench: install models system-deps tcmalloc rabbitmq
+bench: install models system-deps rabbitmq
 	$(BIN)/python -m bench.run
 
 # docs/screenshots/*.png for the README: a fresh `serve` with a few jobs, photographed.

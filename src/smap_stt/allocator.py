@@ -4,10 +4,11 @@ CTranslate2 allocates and frees working buffers of a few MB many times a second 
 decodes. glibc's malloc either keeps them in a heap that fragments, so a worker's peak memory
 grows with the length of the file, or (with a low mmap threshold) maps and faults each one
 afresh, which costs ~30 % more CPU. tcmalloc's page heap reuses them without either cost
-(issue 14, docs/PERFORMANCE.md, `serve` on the same machine: a 10 minute clip in 21–24 s
-instead of 26–32 s, and a 1 hour file peaking 2–42 MB above it in three runs of four, against
-118–195 MB on glibc). An allocator can only be chosen when a process starts, so the process
-starts itself again, once, with tcmalloc preloaded.
+(issue 14, docs/PERFORMANCE.md, `serve` on an AVX2 machine: a 10 minute clip in 21–24 s
+instead of 26–32 s, and a 1 hour file peaking 2–129 MB above it, against 118–195 MB on glibc;
+on an AVX-512 machine +0 to +139 MB over nine runs, the 10 minute peak itself varying by
+~140 MB). An allocator can only be chosen when a process starts, so the process starts
+itself again, once, with tcmalloc preloaded.
 """
 
 from __future__ import annotations

@@ -273,7 +273,8 @@ class Settings(BaseSettings):
     allocator: Literal["auto", "tcmalloc", "glibc"] = Field(
         "auto",
         description="C allocator of the processes that decode (`serve`, `worker`, "
-        "`transcribe`): tcmalloc decodes long files faster in flat memory (docs/PERFORMANCE.md); "
+        "`transcribe`): tcmalloc decodes long files faster, with less memory growth than "
+        "glibc's (docs/PERFORMANCE.md); "
         "auto uses it when installed (Debian: libtcmalloc-minimal4) and glibc's otherwise.",
     )
     # --- outputs (issue 9)
