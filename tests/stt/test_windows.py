@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smap_stt.stt.audio import SAMPLE_RATE
+from smap_stt.stt import windows
+from smap_stt.stt.audio import SAMPLE_RATE, decode_audio
 from smap_stt.stt.results import Segment
 from smap_stt.stt.windows import (
     _MIN_FILL,
+    _VAD_FRAMES,
     Window,
     _check,
     _Outcome,
@@ -20,6 +22,7 @@ from smap_stt.stt.windows import (
     _Word,
     fixed_windows,
 )
+from tests.stt.conftest import Clip
 
 S = SAMPLE_RATE
 
@@ -178,3 +181,19 @@ def test_packing_keeps_every_region_once_in_order_and_fills_windows(
     for first, cut in packed:
         length = sum(end - start for start, end in regions[first:cut])
         assert length <= limit or cut == first + 1  # only a lone over-long region overflows
+
+
+def test_vad_in_bounded_calls_gives_the_librarys_probabilities(speech_75s: Clip) -> None:
+    """Real speech, the real Silero model: fed `_VAD_FRAMES` at a time (state and context
+    carried over), the probabilities are exactly those of the library's one call, and
+    `get_speech_timestamps` is the bounded one."""
+    audio = decode_audio(speech_75s.path)
+    audio = np.pad(audio, (0, 512 - len(audio) % 512))
+    assert len(audio) // 512 > 2 * _VAD_FRAMES  # at least three calls, the last one partial
+    library = windows._library_vad()
+    expected = library(audio)
+    got = windows._vad.get_vad_model()(audio)
+    assert isinstance(windows._vad.get_vad_model(), windows._BoundedVad)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert 0.1 < float((got > 0.5).mean()) < 0.95  # speech and pauses: a real signal
