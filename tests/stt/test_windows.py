@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faster_whisper.vad
 import numpy as np
 import pytest
 from hypothesis import given
@@ -196,8 +197,8 @@ def test_vad_in_bounded_calls_gives_the_librarys_probabilities(speech_75s: Clip)
     assert len(audio) // 512 > 2 * _VAD_FRAMES  # at least three calls, the last one partial
     assert np.abs(audio[-64:-12]).max() > 0
     expected = windows._library_vad()(audio.copy())
-    got = windows._vad.get_vad_model()(audio)
-    assert isinstance(windows._vad.get_vad_model(), windows._BoundedVad)
+    got = faster_whisper.vad.get_vad_model()(audio)
+    assert isinstance(faster_whisper.vad.get_vad_model(), windows._BoundedVad)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
     assert 0.1 < float((got > 0.5).mean()) < 0.95  # speech and pauses: a real signal
