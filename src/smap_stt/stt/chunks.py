@@ -114,9 +114,8 @@ def speech_cut(audio: np.ndarray, *, target: int, slack: int) -> tuple[int, list
     nearest `target` (in the middle of the pause between them), and the windows before it;
     None when no window ends there (silence, or pauses too far apart). VAD splits speech
     without a pause at ~29 s, so a cut can fall inside such speech, where its windows are
-    split anyway. `audio` must reach
-    `target + slack`: the windows are those of that much audio, so the cut is a pure function
-    of the samples."""
+    split anyway. `audio` must reach `target + slack`: the windows are those of that much
+    audio, so the cut is a pure function of the samples."""
     windows = speech_windows(audio[: target + slack])
     best: int | None = None
     count = 0

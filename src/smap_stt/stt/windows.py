@@ -190,8 +190,8 @@ class _BoundedVad:
     chunk, held while both decoders are at their own peaks (issue 14, item 4). The recurrent
     state and each frame's 64 samples of context carry from call to call exactly as between
     the library's own calls, and the last frame ends in 64 zeros as the library's does, so the
-    probabilities are the same (tests/stt/test_windows.py),
-    and smaller calls are faster too (0.49 s instead of 0.79 s for 300 s).
+    probabilities are the same (tests/stt/test_windows.py); smaller calls are faster too
+    (0.49 s instead of 0.79 s for 300 s).
     """
 
     def __init__(self, model: Any) -> None:
