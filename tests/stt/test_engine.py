@@ -256,3 +256,27 @@ def test_a_chunk_is_decoded_in_the_windows_it_carries(engine: Engine, speech_75s
     assert first and whole.startswith(first[:40]) and len(first) < 0.7 * len(whole)
     assert first_end <= windows[0].end + 0.5 < whole_end
     assert text([]) == ("", 0)
+
+
+def test_an_idle_engine_gives_free_memory_back_once(
+    engine: Engine, english_clips: list[Clip], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: decoding's freed buffers go back to the system once the engine has been idle
+    for IDLE_RELEASE_SECONDS, not while a job runs and not when a call follows at once."""
+    from smap_stt import allocator
+    from smap_stt.stt import engine as engine_module
+
+    engine.load("base")  # loading releases too: both copies loaded before counting
+    deadline = time.monotonic() + 60
+    while "base" not in engine._solos and time.monotonic() < deadline:
+        time.sleep(0.1)
+    released: list[float] = []
+    monkeypatch.setattr(allocator, "release_free_memory", lambda: released.append(time.monotonic()))
+    monkeypatch.setattr(engine_module, "IDLE_RELEASE_SECONDS", 0.5)
+    clip = english_clips[0].path
+    engine.transcribe(clip, model="base", language="en")
+    engine.transcribe(clip, model="base", language="en")  # within the first call's idle time
+    ended = time.monotonic()
+    time.sleep(1.5)
+    assert len(released) == 1, released
+    assert released[0] - ended >= 0.45

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from faster_whisper import WhisperModel
 
+from smap_stt import allocator
 from smap_stt.config import Settings
 from smap_stt.errors import JobCancelled, ModelCorrupt, ModelNotFound
 from smap_stt.stt.audio import probe
@@ -55,6 +56,8 @@ _AHEAD = 2
 # decoder, so a worker's peak no longer follows how many windows a chunk holds; a lone
 # decoder takes up to 4 (batches of 1 and 2 would cost it ~8 %), as much as two decoders.
 _LONE_DECODER_BATCH = 4
+# Idle this long, a worker gives the allocator's free pages back (`_release_when_idle`).
+IDLE_RELEASE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Engine:
         # loaded in the background once the model itself is, so no job waits for it.
         self._solos: dict[str, WhisperModel] = {}
         self._calls = 0  # transcribe calls decoding now
+        self._idle_since = 0  # bumped by each call, so a stale idle timer does nothing
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._beam_size = options.beam_size
@@ -149,7 +153,7 @@ class Engine:
         )
         try:
             # CTranslate2 workers of one model share its weights.
-            return WhisperModel(
+            whisper = WhisperModel(
                 path,
                 device="cpu",
                 compute_type=options.compute_type,
@@ -161,6 +165,8 @@ class Engine:
             if path == model:  # a hub download that did not work out
                 raise ModelNotFound(f"Model {model!r} could not be downloaded: {exc}") from exc
             raise ModelCorrupt(f"Model {model!r} in {path} could not be loaded: {exc}") from exc
+        allocator.release_free_memory()  # what loading freed: ~95 MB a copy
+        return whisper
 
     def transcribe(
         self,
@@ -265,6 +271,7 @@ class Engine:
         still queued or decoding, read when the call ends)."""
         with self._lock:
             self._calls += 1
+            self._idle_since += 1
         try:
             yield
         except Stopped:
@@ -272,10 +279,32 @@ class Engine:
         finally:
             with self._lock:
                 self._calls -= 1
+                if self._calls == 0:
+                    self._release_when_idle(self._idle_since)
             job.stop.set()
             for chunk in pending():
                 for future in chunk.futures if chunk is not None else ():
                     future.cancel()
+
+    def _release_when_idle(self, idle_since: int) -> None:
+        """Once no call has run for IDLE_RELEASE_SECONDS, give back the free pages.
+
+        Decoding's working buffers (the encoder's attention over 30 s windows, tens of MB
+        each) stay with tcmalloc when freed, so a worker that finished a long file held
+        ~400 MB more than when it started, idle, until its next job (issue 14). Released as
+        soon as they are freed, they would be faulted in again by the next model call
+        (TCMALLOC_AGGRESSIVE_DECOMMIT does that: a 10 minute file in 36 s instead of 20 s),
+        so only a worker that has stayed idle lets them go."""
+
+        def release() -> None:
+            with self._lock:
+                if self._calls or self._idle_since != idle_since:
+                    return
+            allocator.release_free_memory()
+
+        timer = threading.Timer(IDLE_RELEASE_SECONDS, release)
+        timer.daemon = True
+        timer.start()
 
     def detect_language(
         self, audio: ChunkAudio, *, model: str, vad_filter: bool = True
