@@ -1,5 +1,6 @@
 """(d) Ingest: uploads per second and latency at concurrency 32 with 1 MB audio files, workers
-idle and busy, against a bare FastAPI/uvicorn endpoint that only streams to disk."""
+idle and busy, against a bare FastAPI/uvicorn endpoint that only streams to disk, and the
+floor under any API that queues a job (bench/bare_upload.py: hash, SQLite row, publish)."""
 
 from __future__ import annotations
 
@@ -70,33 +71,33 @@ def _row(name: str, elapsed: float, latencies: list[float], count: int) -> list[
     return [name, f"{count / elapsed:.1f}", f"{p50 * 1000:.0f} ms", f"{p99 * 1000:.0f} ms"]
 
 
+def _bare_row(name: str, target: str, data: bytes, count: int) -> list[object]:
+    """`target` (an app of bench/bare_upload.py) under uvicorn in a process of its own."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/docs")
+        elapsed, latencies = asyncio.run(_hammer(f"http://127.0.0.1:{port}/upload", data, count))
+        return _row(name, elapsed, latencies, count)
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main(quick: bool = False) -> str:
     count = 64 if quick else 400
     speech = np.frombuffer(cached_speech(paragraphs("english")[0]).read_bytes()[44:], np.int16)
     clip = write_wav(DATA / "ingest-1mb.wav", 32.0, source=speech[::1])
     data = clip.read_bytes()
     rows = []
-    port = free_port()
-    bare = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.bare_upload:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/docs")
-        elapsed, latencies = asyncio.run(_hammer(f"http://127.0.0.1:{port}/upload", data, count))
-        rows.append(_row("bare streaming endpoint", elapsed, latencies, count))
-    finally:
-        bare.terminate()
-        bare.wait()
+    for name, target in (
+        ("bare streaming endpoint", "bench.bare_upload:app"),
+        ("floor: bare + sha256 + SQLite row + RabbitMQ publish", "bench.bare_upload:floor"),
+    ):
+        rows.append(_bare_row(name, target, data, count))
     for busy in (False, True):
         with running("api", workers=1 if busy else 0) as svc:
             if busy:
@@ -111,7 +112,7 @@ def main(quick: bool = False) -> str:
                     f"smap-stt api, workers {'busy' if busy else 'idle'}", elapsed, latencies, count
                 )
             )
-    bare_rate = float(rows[0][1])
+    bare_rate = float(str(rows[0][1]))
     for row in rows[1:]:
         row.append(f"{float(str(row[1])) / bare_rate:.0%} of bare uploads/s")
     rows[0].append("")

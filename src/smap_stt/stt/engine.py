@@ -56,8 +56,8 @@ _AHEAD = 2
 # decoder, so a worker's peak no longer follows how many windows a chunk holds; a lone
 # decoder takes up to 4 (batches of 1 and 2 would cost it ~8 %), as much as two decoders.
 _LONE_DECODER_BATCH = 4
-# Idle this long, a worker gives the allocator's free pages back (`_release_when_idle`).
-IDLE_RELEASE_SECONDS = 10.0
+# A decoding engine gives the allocator's free pages back this often (`_release_free_pages`).
+RELEASE_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class Engine:
         # loaded in the background once the model itself is, so no job waits for it.
         self._solos: dict[str, WhisperModel] = {}
         self._calls = 0  # transcribe calls decoding now
-        self._idle_since = 0  # bumped by each call, so a stale idle timer does nothing
+        self._ran = False  # a call ran since free pages were last given back
+        self._releaser: threading.Thread | None = None
         self._rtf: dict[str, float] = {}
         self._lock = threading.Lock()
         self._beam_size = options.beam_size
@@ -125,6 +126,11 @@ class Engine:
         with self._lock:
             loaded = self._models.get(model)
             if loaded is None:
+                if self._releaser is None:
+                    self._releaser = threading.Thread(
+                        target=self._release_free_pages, name="whisper-release", daemon=True
+                    )
+                    self._releaser.start()
                 loaded = self._models[model] = self._load(model, threads=1, workers=self._workers)
                 if self._workers > 1:  # in the background: jobs need not wait for it
                     threading.Thread(
@@ -271,7 +277,7 @@ class Engine:
         still queued or decoding, read when the call ends)."""
         with self._lock:
             self._calls += 1
-            self._idle_since += 1
+            self._ran = True
         try:
             yield
         except Stopped:
@@ -279,32 +285,30 @@ class Engine:
         finally:
             with self._lock:
                 self._calls -= 1
-                if self._calls == 0:
-                    self._release_when_idle(self._idle_since)
+                self._ran = True  # what it freed goes back at the next tick
             job.stop.set()
             for chunk in pending():
                 for future in chunk.futures if chunk is not None else ():
                     future.cancel()
 
-    def _release_when_idle(self, idle_since: int) -> None:
-        """Once no call has run for IDLE_RELEASE_SECONDS, give back the free pages.
+    def _release_free_pages(self) -> None:
+        """Every RELEASE_EVERY_SECONDS while calls run (and once after), give back the pages
+        the allocator holds free.
 
-        Decoding's working buffers (the encoder's attention over 30 s windows, tens of MB
-        each) stay with tcmalloc when freed, so a worker that finished a long file held
-        ~400 MB more than when it started, idle, until its next job (issue 14). Released as
-        soon as they are freed, they would be faulted in again by the next model call
-        (TCMALLOC_AGGRESSIVE_DECOMMIT does that: a 10 minute file in 36 s instead of 20 s),
-        so only a worker that has stayed idle lets them go."""
-
-        def release() -> None:
+        Decoding allocates and frees working buffers of tens of MB (the encoder's attention
+        over a 30 s window is ~70 MB a window). tcmalloc keeps what is freed, and the pages
+        it holds free grow with the length of the work, not with what is in use: the peak of
+        `serve` for a 1 hour file was 66–238 MB above the 10 minute file's (issue 14, item 4),
+        and a worker that had finished a long file rested at ~770 MB. Released at every
+        free they would be faulted in again at once (TCMALLOC_AGGRESSIVE_DECOMMIT: a
+        10 minute file in 36 s instead of 20 s); every 30 s that costs a fault per page
+        twice a minute."""
+        while True:
+            time.sleep(RELEASE_EVERY_SECONDS)
             with self._lock:
-                if self._calls or self._idle_since != idle_since:
-                    return
-            allocator.release_free_memory()
-
-        timer = threading.Timer(IDLE_RELEASE_SECONDS, release)
-        timer.daemon = True
-        timer.start()
+                ran, self._ran = self._ran or self._calls > 0, False
+            if ran:
+                allocator.release_free_memory()
 
     def detect_language(
         self, audio: ChunkAudio, *, model: str, vad_filter: bool = True
