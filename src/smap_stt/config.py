@@ -273,9 +273,10 @@ class Settings(BaseSettings):
     allocator: Literal["auto", "tcmalloc", "glibc"] = Field(
         "auto",
         description="C allocator of the processes that decode (`serve`, `worker`, "
-        "`transcribe`): tcmalloc decodes long files faster, with less memory growth than "
-        "glibc's (docs/PERFORMANCE.md); "
-        "auto uses it when installed (Debian: libtcmalloc-minimal4) and glibc's otherwise.",
+        "`transcribe`): tcmalloc decodes long files fastest; auto uses it when installed "
+        "(Debian: libtcmalloc-minimal4) and glibc's otherwise. For the least memory (~15 % "
+        "slower): glibc with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 and "
+        "MALLOC_MMAP_THRESHOLD_=4194304 (docs/PERFORMANCE.md, tuning guide).",
     )
     # --- outputs (issue 9)
     whisper_model_aliases: str = Field(
