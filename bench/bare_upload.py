@@ -35,7 +35,9 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
     url = os.environ.get("RABBITMQ_URL") or "amqp://guest:guest@127.0.0.1:5672/"
     connection = await aio_pika.connect_robust(url)
     channel = await connection.channel(publisher_confirms=True)
-    queue = await channel.declare_queue(QUEUE, durable=True, arguments={"x-max-priority": 10})
+    # x-expires: the broker drops the queue if this process dies before deleting it.
+    arguments = {"x-max-priority": 10, "x-expires": 60_000}
+    queue = await channel.declare_queue(QUEUE, durable=True, arguments=arguments)
     # One thread owns the connection and runs single statements in autocommit, as the
     # embedded store does (store/sqlite.py).
     db = sqlite3.connect(

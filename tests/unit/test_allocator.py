@@ -1,11 +1,8 @@
 """The allocator choice's decisions that need no second process (the re-start itself is
-tested for real in tests/e2e/test_cli.py), and giving free memory back on tcmalloc."""
+tested for real in tests/e2e/test_cli.py; giving memory back on tcmalloc in
+tests/stt/test_engine.py)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -42,33 +39,6 @@ def test_an_allocator_the_user_preloaded_is_left_alone(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(allocator, "find_tcmalloc", fail)
     assert allocator.choose("tcmalloc") is None
-
-
-def test_freed_memory_goes_back_to_the_system_on_tcmalloc() -> None:
-    """Issue 14: tcmalloc keeps what a process frees; `release_free_memory` hands it back
-    (a worker that loaded its models idled at 496 MB, 304 MB after). Runs a second process,
-    preloaded with tcmalloc as the decoding commands are (`make test` installs it)."""
-    library = allocator.find_tcmalloc()
-    assert library is not None, "tcmalloc is not installed: run `make system-deps`"
-    script = (
-        "import psutil\n"
-        "from smap_stt import allocator\n"
-        "assert allocator.in_use() == 'tcmalloc'\n"
-        "block = bytearray(b'x') * (256 << 20)\n"
-        "del block\n"
-        "held = psutil.Process().memory_info().rss\n"
-        "allocator.release_free_memory()\n"
-        "print((held - psutil.Process().memory_info().rss) >> 20)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "LD_PRELOAD": library},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) > 200  # MB given back of the 256 MB freed
 
 
 def test_releasing_on_glibc_is_harmless() -> None:

@@ -277,7 +277,6 @@ class Engine:
         still queued or decoding, read when the call ends)."""
         with self._lock:
             self._calls += 1
-            self._ran = True
         try:
             yield
         except Stopped:
@@ -296,13 +295,13 @@ class Engine:
         the allocator holds free.
 
         Decoding allocates and frees working buffers of tens of MB (the encoder's attention
-        over a 30 s window is ~70 MB a window). tcmalloc keeps what is freed, and the pages
-        it holds free grow with the length of the work, not with what is in use: the peak of
-        `serve` for a 1 hour file was 66–238 MB above the 10 minute file's (issue 14, item 4),
-        and a worker that had finished a long file rested at ~770 MB. Released at every
-        free they would be faulted in again at once (TCMALLOC_AGGRESSIVE_DECOMMIT: a
-        10 minute file in 36 s instead of 20 s); every 30 s that costs a fault per page
-        twice a minute."""
+        over a 30 s window is ~70 MB a window), and tcmalloc keeps what is freed: a worker
+        that had finished the 10 minute clip rested at ~770 MB, ~380 MB with this (issue 14).
+        It does not lower the peak while decoding (releasing every 5 s did not either: the
+        free pages the peak holds are fragmentation within seconds, docs/PERFORMANCE.md).
+        Released at every free they would be faulted in again at once
+        (TCMALLOC_AGGRESSIVE_DECOMMIT: a 10 minute file in 36 s instead of 20 s); every 30 s
+        the cost did not show in the benchmarks."""
         while True:
             time.sleep(RELEASE_EVERY_SECONDS)
             with self._lock:
