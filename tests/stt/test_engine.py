@@ -195,9 +195,13 @@ def test_concurrent_calls_share_the_engine(engine: Engine, english_clips: list[C
         assert wer(clip.text, transcript.text) <= 0.15
 
 
-def test_ten_minutes_in_bounded_memory(engine: Engine) -> None:
+def test_ten_minutes_in_bounded_memory(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole long path: ~10 min of speech, accurate, and in memory that does not grow with
-    the length (a second run, once allocator pools are warm, stays near the first)."""
+    the length (a second run, once allocator pools are warm, stays near the first). The
+    engine's periodic release of free pages is held off here: one between the runs would
+    empty the warm pools the baseline is measured with (it failed CI once, +341 MB); it is
+    tested on its own below."""
+    monkeypatch.setattr(allocator, "release_free_memory", lambda: None)
     text, path = long_speech()
     engine.transcribe(path, model="base", language="en")  # warm: allocator pools, VAD model
     process = psutil.Process()
